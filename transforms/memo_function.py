@@ -1,0 +1,145 @@
+"""The body of the ``attmemo::MemoAttention`` function.
+
+    context = MemoAttention(hidden_BSD, mask_BS, *weights_values_and_shared_inputs)
+
+B batch, S sequence, D hidden size, H heads. The body keeps the model's own
+nodes for the exact computation, so a miss runs the same native kernels as the
+unmodified export (bit-identical), and wraps them so a hit skips them::
+
+    use_memo = MemoGate(Shape(hidden))                  # Python, 3 int64 in
+    context = If(use_memo,
+                 then: hit, all_hit, stored = MemoLookup(hidden, mask)
+                       If(all_hit, then: stored @ V,
+                                   else: Where(hit, stored, <exact P>) @ V),
+                 else: <exact P> @ V)
+
+``If`` runs only the branch it takes, so with no database (or with a layer
+switched off) the cost is one tiny Python call and one If per layer. The If
+returns the context [B, H, S, d], not P [B, H, S, S]: ORT copies an If's
+result, and at S=512 a copy of P per layer cost ~2.5 % of the model's time.
+
+The function has attributes ``layer`` (int) and ``model_id`` (string), which
+the Python ops receive to find the layer's memo store.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from attmemo.custom_ops.memo_gate import DOMAIN as RUNTIME_DOMAIN
+
+from .exclusive_slice import Slice
+
+DOMAIN = "attmemo"
+NAME = "MemoAttention"
+OPSET_VERSION = 1
+
+_FLOAT = ir.TensorType(ir.DataType.FLOAT)
+
+
+def build_function(
+    core: Slice, post: Slice, *, hidden: ir.Value, mask: ir.Value | None, opset_imports: dict[str, int]
+) -> tuple[ir.Function, list[ir.Value | None]]:
+    """Wrap one layer's attention core into a function.
+
+    core: the exclusive slice ending at the probabilities P_BHSS.
+    post: the nodes from P to the context, ending at MatMul(P, V).
+    Returns the function and the actual arguments of a call to it, in order:
+    hidden, mask (or None), then every other value core and post read.
+    """
+    others = [v for v in dict.fromkeys([*core.inputs, *post.inputs]) if v is not hidden and v is not mask]
+    actuals = [hidden, mask, *others]
+    formals = [ir.Value(name=f"in{i}", type=v.type if v else None, shape=v.shape if v else None)
+               for i, v in enumerate(actuals)]
+    outer = {actual: formal for actual, formal in zip(actuals, formals) if actual is not None}
+    f_hidden, f_mask = formals[0], formals[1] if mask is not None else None
+
+    shape = ir.Node("", "Shape", [f_hidden], outputs=[ir.Value(name="hidden_shape")])
+    gate = ir.Node(RUNTIME_DOMAIN, "MemoGate", [shape.outputs[0]], _ref_attrs(), outputs=[ir.Value(name="use_memo")])
+    context = ir.Value(name="context", type=_FLOAT)
+    branch = ir.Node("", "If", [gate.outputs[0]], [
+        ir.AttrGraph("then_branch", _lookup_graph(core, post, outer, f_hidden, f_mask)),
+        ir.AttrGraph("else_branch", _exact_graph(core, post, outer)),
+    ], outputs=[context])
+
+    used = dict(opset_imports)
+    used[RUNTIME_DOMAIN] = 1
+    graph = ir.Graph(formals, [context], nodes=[shape, gate, branch], opset_imports=used)
+    attributes = [ir.Attr("layer", ir.AttributeType.INT, 0), ir.Attr("model_id", ir.AttributeType.STRING, "")]
+    return ir.Function(DOMAIN, NAME, "", graph=graph, attributes=attributes), actuals
+
+
+def _ref_attrs() -> list[ir.Attr]:
+    return [ir.RefAttr("layer", "layer", ir.AttributeType.INT),
+            ir.RefAttr("model_id", "model_id", ir.AttributeType.STRING)]
+
+
+def _branch(name: str, nodes: list[ir.Node], out: ir.Value) -> ir.Graph:
+    # The last node's own output is the branch output: an Identity would copy it.
+    out.type = _FLOAT
+    return ir.Graph([], [out], nodes=nodes, name=name)
+
+
+def _exact_graph(core: Slice, post: Slice, outer: dict[ir.Value, ir.Value]) -> ir.Graph:
+    nodes, probs = copy_slice(core, outer, prefix="exact.")
+    post_nodes, context = copy_slice(post, {**outer, core.output: probs}, prefix="exact.post.")
+    return _branch("exact", [*nodes, *post_nodes], context)
+
+
+def _lookup_graph(core: Slice, post: Slice, outer: dict[ir.Value, ir.Value],
+                  hidden: ir.Value, mask: ir.Value | None) -> ir.Graph:
+    nodes: list[ir.Node] = []
+    if mask is None:
+        # No attention_mask input: every position is a real token.
+        batch_seq = ir.Node("", "Shape", [hidden], [ir.AttrInt64("end", 2)], outputs=[ir.Value(name="batch_seq")])
+        mask_i64 = ir.Node("", "ConstantOfShape", [batch_seq.outputs[0]],
+                           [ir.AttrTensor("value", ir.tensor([1], dtype=ir.DataType.INT64))],
+                           outputs=[ir.Value(name="mask_i64")])
+        nodes += [batch_seq, mask_i64]
+    else:
+        mask_i64 = ir.Node("", "Cast", [mask], [ir.AttrInt64("to", ir.DataType.INT64)],
+                           outputs=[ir.Value(name="mask_i64")])
+        nodes.append(mask_i64)
+    lookup = ir.Node(RUNTIME_DOMAIN, "MemoLookup", [hidden, mask_i64.outputs[0]], _ref_attrs(),
+                     outputs=[ir.Value(name="hit_B111"), ir.Value(name="all_hit"), ir.Value(name="stored")])
+    hit, all_hit, stored = lookup.outputs
+
+    reuse_nodes, reused = copy_slice(post, {**outer, core.output: stored}, prefix="reuse.post.")
+    merge_nodes, exact = copy_slice(core, outer, prefix="merge.")
+    merged = ir.Node("", "Where", [hit, stored, exact], outputs=[ir.Value(name="merged")])
+    merge_post, merged_context = copy_slice(post, {**outer, core.output: merged.outputs[0]}, prefix="merge.post.")
+    inner = ir.Node("", "If", [all_hit], [
+        ir.AttrGraph("then_branch", _branch("reuse_all", reuse_nodes, reused)),
+        ir.AttrGraph("else_branch", _branch("merge", [*merge_nodes, merged, *merge_post], merged_context)),
+    ], outputs=[ir.Value(name="lookup.context", type=_FLOAT)])
+    return _branch("lookup", [*nodes, lookup, inner], inner.outputs[0])
+
+
+def copy_slice(sl: Slice, outer: dict[ir.Value, ir.Value], *, prefix: str) -> tuple[list[ir.Node], ir.Value]:
+    """Copy the slice's nodes, reading its inputs from ``outer``; names get ``prefix``.
+
+    Returns the copied nodes and the copy of the slice output. Each copy has its
+    own prefix because ONNX needs unique value names across nested subgraphs.
+    """
+    mapping = dict(outer)
+    copies: list[ir.Node] = []
+    for i, node in enumerate(sl.nodes):
+        # Positional names, not the layer's own ("/encoder/layer.3/..."), so that
+        # all layers of a model share one function body.
+        outputs = [ir.Value(name=f"{prefix}{i}.{j}", type=out.type, shape=out.shape)
+                   for j, out in enumerate(node.outputs)]
+        copy = ir.Node(node.domain, node.op_type, [mapping[v] if v is not None else None for v in node.inputs],
+                       list(node.attributes.values()), overload=node.overload, outputs=outputs,
+                       name=f"{prefix}{i}.{node.op_type}")
+        mapping.update(zip(node.outputs, outputs))
+        copies.append(copy)
+    return copies, mapping[sl.output]
+
+
+def same_body(a: ir.Function, b: ir.Function) -> bool:
+    """True when two functions serialize identically (so one definition serves both)."""
+    return _fingerprint(a) == _fingerprint(b)
+
+
+def _fingerprint(f: ir.Function) -> bytes:
+    return ir.serde.serialize_function(f).SerializeToString(deterministic=True)
