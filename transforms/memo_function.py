@@ -33,6 +33,7 @@ from .exclusive_slice import Slice
 DOMAIN = "attmemo"
 NAME = "MemoAttention"
 OPSET_VERSION = 1
+EXACT_PROBS = "exact.probs"
 
 _FLOAT = ir.TensorType(ir.DataType.FLOAT)
 
@@ -82,6 +83,7 @@ def _branch(name: str, nodes: list[ir.Node], out: ir.Value) -> ir.Graph:
 
 def _exact_graph(core: Slice, post: Slice, outer: dict[ir.Value, ir.Value]) -> ir.Graph:
     nodes, probs = copy_slice(core, outer, prefix="exact.")
+    probs.name = EXACT_PROBS  # so tools can find P in the exact branch (see unfuse.py)
     post_nodes, context = copy_slice(post, {**outer, core.output: probs}, prefix="exact.post.")
     return _branch("exact", [*nodes, *post_nodes], context)
 

@@ -1,0 +1,99 @@
+"""Turn a MemoAttention model back into plain ONNX, for recording and for the oracle.
+
+recording_model: every MemoAttention call is replaced by its exact branch, and
+    each layer's input hidden states [B, S, D] and probabilities P [B, H, S, S]
+    become graph outputs, so a memo database can be built by running it.
+oracle_model: every layer's P is a graph *input* and the nodes that only fed P
+    are gone. No memoization scheme can be faster than feeding the true P for
+    free; benchmarks report it side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass
+
+from . import memo_function
+
+
+@dataclasses.dataclass
+class LayerValues:
+    layer: int
+    hidden: str   # graph output / input names
+    probs: str
+
+
+def memo_calls(model: ir.Model) -> list[ir.Node]:
+    return [n for n in model.graph if n.domain == memo_function.DOMAIN and n.op_type == memo_function.NAME]
+
+
+def recording_model(model: ir.Model) -> list[LayerValues]:
+    """Rewrite ``model`` in place (see module docstring); return the new outputs per layer."""
+    layers = []
+    for call in memo_calls(model):
+        layer = call.attributes.get_int("layer")
+        hidden = _output_alias(model.graph, call.inputs[0], f"attmemo.hidden.{layer}")
+        _, values = _inline_exact(model, call, prefix=f"attmemo.L{layer}.")
+        probs = values[memo_function.EXACT_PROBS]
+        probs.name = f"attmemo.probs.{layer}"
+        probs.type = ir.TensorType(ir.DataType.FLOAT)
+        probs.shape = ir.Shape(["batch", None, "sequence", "sequence"])
+        model.graph.outputs.extend([hidden, probs])
+        layers.append(LayerValues(layer, hidden.name, probs.name))
+    RemoveUnusedFunctionsPass()(model)
+    return layers
+
+
+def oracle_model(model: ir.Model) -> list[str]:
+    """Rewrite ``model`` in place so each layer reads P from a graph input; return those input names."""
+    names = []
+    for call in memo_calls(model):
+        layer = call.attributes.get_int("layer")
+        probs = ir.Value(name=f"attmemo.probs.{layer}", type=ir.TensorType(ir.DataType.FLOAT),
+                         shape=ir.Shape(["batch", None, "sequence", "sequence"]))
+        model.graph.inputs.append(probs)
+        _inline_exact(model, call, prefix=f"attmemo.L{layer}.", probs=probs)
+        names.append(probs.name)
+    RemoveUnusedNodesPass()(model)
+    RemoveUnusedFunctionsPass()(model)
+    return names
+
+
+def _exact_branch(model: ir.Model, call: ir.Node) -> tuple[ir.Function, ir.Graph]:
+    function = model.functions[(call.domain, call.op_type, call.overload)]
+    branch = next(n for n in function.graph if n.op_type == "If")
+    return function, branch.attributes["else_branch"].value
+
+
+def _inline_exact(model: ir.Model, call: ir.Node, *, prefix: str,
+                  probs: ir.Value | None = None) -> tuple[list[ir.Node], dict[str, ir.Value]]:
+    """Replace ``call`` by a copy of its function's exact branch; P is replaced by ``probs`` if given."""
+    function, branch = _exact_branch(model, call)
+    mapping: dict[ir.Value, ir.Value] = dict(zip(function.inputs, call.inputs))
+    by_name: dict[str, ir.Value] = {}
+    copies = []
+    for node in branch:
+        if probs is not None and node.outputs[0].name == memo_function.EXACT_PROBS:
+            mapping[node.outputs[0]] = probs
+            continue
+        outputs = [ir.Value(name=prefix + o.name, type=o.type, shape=o.shape) for o in node.outputs]
+        copies.append(ir.Node(node.domain, node.op_type, [mapping.get(v) if v is not None else None for v in node.inputs],
+                              list(node.attributes.values()), overload=node.overload, outputs=outputs,
+                              name=prefix + (node.name or node.op_type)))
+        for old, new in zip(node.outputs, outputs):
+            mapping[old] = new
+            by_name[old.name] = new
+    model.graph.insert_before(call, copies)
+    ir.convenience.replace_all_uses_with(call.outputs[0], mapping[branch.outputs[0]])
+    model.graph.remove(call, safe=True)
+    return copies, by_name
+
+
+def _output_alias(graph: ir.Graph, value: ir.Value, name: str) -> ir.Value:
+    """An Identity of ``value`` named ``name``: a graph input cannot also be listed as an output."""
+    alias = ir.Node("", "Identity", [value], outputs=[ir.Value(name=name, type=ir.TensorType(ir.DataType.FLOAT),
+                                                           shape=ir.Shape(["batch", "sequence", None]))])
+    graph.insert_after(value.producer(), alias) if value.producer() else graph.insert_before(graph[0], alias)
+    return alias.outputs[0]
