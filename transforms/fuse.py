@@ -32,7 +32,10 @@ def fuse_memo_attention(model: ir.Model) -> int:
     model_id = model.metadata_props.get(MODEL_ID_KEY) or weights_fingerprint(model)
     mask = next((v for v in graph.inputs if v.name == "attention_mask"), None)
     rule = MemoAttentionRule(model_id=model_id, mask=mask, opset_imports=dict(graph.opset_imports))
-    rewrite = pattern.RewriteRule(rule.pattern, rule.rewrite, rule.check, name=rule.name)
+    # remove_nodes=False: exporters let mask chains read Q·K^T's shape, so matched
+    # values have uses outside the pattern. What becomes dead is removed below,
+    # which is exactly the exclusive slice that moved into the function.
+    rewrite = pattern.RewriteRule(rule.pattern, rule.rewrite, rule.check, name=rule.name, remove_nodes=False)
     count = pattern.RewriteRuleSet([rewrite]).apply_to_model(model)
     if count == 0:
         return 0

@@ -19,8 +19,9 @@ Exporter variants (alternatives inside one pattern, not copied rules):
   on both Q and K before it (SDPA exports split sqrt(scale) onto each).
 - mask: Add(scores, bias) with the bias from a Sub/Mul or a Where chain; or none.
 - guard: Where(IsNaN(P), 0, P) after Softmax (SDPA exports).
-- DeBERTa-v2: Q@K^T/scale plus relative-position terms, reshaped to 4-D, masked
-  with Where, Softmax, reshaped back to 3-D for a batched MatMul with V.
+- relative position: MPNet adds a position bias shared by all layers; DeBERTa-v2
+  adds c2p + p2c terms to Q@K^T/scale as [B*H, S, L], reshapes to 4-D, masks with
+  Where, and reshapes P back to 3-D for a batched MatMul with V.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ class MemoAttentionRule(pattern.RewriteRuleClassBase):
         key_t = pattern.OrValue([op.Mul(key_t, k_scale), op.Div(key_t, k_scale), key_t])
         scores = op.MatMul(query, key_t)
         scores = pattern.OrValue([op.Mul(scores, qk_scale), op.Div(scores, qk_scale), scores])
-        # DeBERTa: content-to-position and position-to-content terms, then back to 4-D.
-        scores = pattern.OrValue([op.Reshape(op.Add(scores, rel_pos), pattern.ANY_VALUE), scores])
+        # Relative-position terms: MPNet's shared position bias, DeBERTa's c2p + p2c.
+        scores = pattern.OrValue([op.Add(scores, rel_pos), scores])
+        # DeBERTa computes scores as [B*H, S, L] and reshapes to 4-D before masking.
+        scores = pattern.OrValue([op.Reshape(scores, pattern.ANY_VALUE), scores])
         scores = pattern.OrValue([
             op.Add(scores, mask),
             op.Add(mask, scores),
@@ -73,12 +76,14 @@ class MemoAttentionRule(pattern.RewriteRuleClassBase):
         softmax = probs.producer()
         rank = len(probs.shape) if probs.shape is not None else None
         axis = softmax.attributes.get_int("axis", -1)
-        if rank is not None and axis not in (-1, rank - 1):
-            return result.fail(f"Softmax normalises axis {axis}, not the key axis.", probs)
+        if axis != -1 and axis != (rank - 1 if rank is not None else None):
+            return result.fail(f"Softmax normalises axis {axis}, not the last (key) axis.", probs)
         probs = _guarded(probs)
+        if probs.is_graph_output() or probs.producer().inputs[0].is_graph_output():
+            return result.fail("The attention probabilities are a model output; they cannot be skipped.", probs)
         graph = context.graph_or_function
         core = exclusive_slice(graph, probs)
-        post = _post_nodes(probs, context.root)
+        post = _post_nodes(graph, probs, context.root)
         hidden = _layer_input(core)
         if hidden is None:
             return result.fail("No activation feeds the Q/K projections.", probs)
@@ -105,13 +110,21 @@ def _guarded(probs: ir.Value) -> ir.Value:
     return probs
 
 
-def _post_nodes(probs: ir.Value, root: ir.Node) -> Slice:
-    """The nodes from the probabilities to the context MatMul (an optional Reshape, then MatMul(P, V))."""
-    nodes = [root]
-    value = root.inputs[0]
-    while value is not probs:
-        nodes.insert(0, value.producer())
-        value = value.producer().inputs[0]
+def _post_nodes(graph: ir.Graph, probs: ir.Value, root: ir.Node) -> Slice:
+    """The nodes from P to the context MatMul(P, V) that only serve it.
+
+    Usually just the MatMul; DeBERTa adds a Reshape of P to 3-D whose target
+    shape is itself computed from Shape(P), so those nodes come along too.
+    """
+    downstream: set[ir.Node] = set()
+    frontier = [probs]
+    while frontier:
+        for use in frontier.pop().uses():
+            if use.node not in downstream:
+                downstream.add(use.node)
+                frontier.extend(use.node.outputs)
+    serving = exclusive_slice(graph, root.outputs[0])
+    nodes = [n for n in serving.nodes if n in downstream]
     members = set(nodes)
     inputs = [v for n in nodes for v in n.inputs if v is not None and v is not probs and v.producer() not in members]
     return Slice(output=root.outputs[0], nodes=nodes, inputs=list(dict.fromkeys(inputs)))

@@ -39,6 +39,9 @@ def transform_file(src: str | Path, dst: str | Path, *, allow_partial: bool = Fa
     rewritten = fuse_memo_attention(model)
     missed = [n.name or "(unnamed)" for n in model.graph if n.op_type == "Softmax"]
     report = TransformReport(rewritten=rewritten, attention_layers=expected, missed=missed)
+    if rewritten == 0 and any(n.op_type == "Attention" for n in model.graph):
+        raise TransformError(f"{src}: attention is a fused ONNX Attention op (opset >= 23), which hides the "
+                             "probabilities; export with opset 18-22 or eager attention (attmemo-export does).")
     if rewritten == 0:
         raise TransformError(f"{src}: no attention layer was recognised ({_describe(missed)}); "
                              "export with eager attention (attmemo-export does) or report the model.")
