@@ -40,6 +40,7 @@ def fuse_memo_attention(model: ir.Model) -> int:
     if count == 0:
         return 0
     _add_functions(model, rule.calls)
+    memo_function.add_gate(graph, [node for node, _ in rule.calls], model_id=model_id)
     RemoveUnusedNodesPass()(model)
     graph.opset_imports[memo_function.DOMAIN] = memo_function.OPSET_VERSION
     graph.opset_imports[RUNTIME_DOMAIN] = 1

@@ -1,12 +1,12 @@
 """The body of the ``attmemo::MemoAttention`` function.
 
-    context = MemoAttention(hidden_BSD, mask_BS, *weights_values_and_shared_inputs)
+    context = MemoAttention(hidden_BSD, mask_BS, use_memo_L, *weights_values_and_shared_inputs)
 
 B batch, S sequence, D hidden size, H heads. The body keeps the model's own
 nodes for the exact computation, so a miss runs the same native kernels as the
 unmodified export (bit-identical), and wraps them so a hit skips them::
 
-    use_memo = MemoGate(Shape(hidden))                  # Python, 3 int64 in
+    use_memo = use_memo_L[layer]          # one MemoGate per model run decides all layers
     context = If(use_memo,
                  then: hit, all_hit, stored = MemoLookup(hidden, mask)
                        If(all_hit, then: stored @ V,
@@ -14,7 +14,7 @@ unmodified export (bit-identical), and wraps them so a hit skips them::
                  else: <exact P> @ V)
 
 ``If`` runs only the branch it takes, so with no database (or with a layer
-switched off) the cost is one tiny Python call and one If per layer. The If
+switched off) the cost is one If per layer plus one tiny Python call per run. The If
 returns the context [B, H, S, d], not P [B, H, S, S]: ORT copies an If's
 result, and at S=512 a copy of P per layer cost ~2.5 % of the model's time.
 
@@ -46,28 +46,51 @@ def build_function(
     core: the exclusive slice ending at the probabilities P_BHSS.
     post: the nodes from P to the context, ending at MatMul(P, V).
     Returns the function and the actual arguments of a call to it, in order:
-    hidden, mask (or None), then every other value core and post read.
+    hidden, mask (or None), the gate (None until add_gate), then every other
+    value core and post read.
     """
     others = [v for v in dict.fromkeys([*core.inputs, *post.inputs]) if v is not hidden and v is not mask]
-    actuals = [hidden, mask, *others]
+    # Slot 2 is the model-wide gate output; fuse.py connects it (see add_gate).
+    actuals: list[ir.Value | None] = [hidden, mask, None, *others]
     formals = [ir.Value(name=f"in{i}", type=v.type if v else None, shape=v.shape if v else None)
                for i, v in enumerate(actuals)]
     outer = {actual: formal for actual, formal in zip(actuals, formals) if actual is not None}
-    f_hidden, f_mask = formals[0], formals[1] if mask is not None else None
+    f_hidden, f_mask, f_gate = formals[0], formals[1] if mask is not None else None, formals[2]
 
-    shape = ir.Node("", "Shape", [f_hidden], outputs=[ir.Value(name="hidden_shape")])
-    gate = ir.Node(RUNTIME_DOMAIN, "MemoGate", [shape.outputs[0]], _ref_attrs(), outputs=[ir.Value(name="use_memo")])
+    index = ir.Node("", "Constant", [], [ir.RefAttr("value_int", "layer", ir.AttributeType.INT)],
+                    outputs=[ir.Value(name="layer_index")])
+    use_memo = ir.Node("", "Gather", [f_gate, index.outputs[0]], outputs=[ir.Value(name="use_memo")])
     context = ir.Value(name="context", type=_FLOAT)
-    branch = ir.Node("", "If", [gate.outputs[0]], [
+    branch = ir.Node("", "If", [use_memo.outputs[0]], [
         ir.AttrGraph("then_branch", _lookup_graph(core, post, outer, f_hidden, f_mask)),
         ir.AttrGraph("else_branch", _exact_graph(core, post, outer)),
     ], outputs=[context])
 
     used = dict(opset_imports)
     used[RUNTIME_DOMAIN] = 1
-    graph = ir.Graph(formals, [context], nodes=[shape, gate, branch], opset_imports=used)
+    graph = ir.Graph(formals, [context], nodes=[index, use_memo, branch], opset_imports=used)
     attributes = [ir.Attr("layer", ir.AttributeType.INT, 0), ir.Attr("model_id", ir.AttributeType.STRING, "")]
     return ir.Function(DOMAIN, NAME, "", graph=graph, attributes=attributes), actuals
+
+
+def add_gate(graph: ir.Graph, calls: list[ir.Node], *, model_id: str) -> ir.Node:
+    """Insert the one MemoGate of the model before its first call and connect it to every call.
+
+        use_memo_L = MemoGate(Shape(hidden of the first layer))   # bool[L], Python, 3 int64 in
+
+    One Python call per run instead of one per layer: each call costs tens of
+    microseconds inside a running session, ~3 % of MiniLM at seq 128 for six.
+    """
+    first = calls[0]
+    shape = ir.Node("", "Shape", [first.inputs[0]], outputs=[ir.Value(name="attmemo.hidden_shape")])
+    gate = ir.Node(RUNTIME_DOMAIN, "MemoGate", [shape.outputs[0]],
+                   [ir.AttrInt64("layers", len(calls)), ir.AttrString("model_id", model_id)],
+                   outputs=[ir.Value(name="attmemo.use_memo", type=ir.TensorType(ir.DataType.BOOL))],
+                   name="attmemo.MemoGate")
+    graph.insert_before(first, [shape, gate])
+    for call in calls:
+        call.replace_input_with(2, gate.outputs[0])
+    return gate
 
 
 def _ref_attrs() -> list[ir.Attr]:

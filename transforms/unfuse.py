@@ -42,6 +42,7 @@ def recording_model(model: ir.Model) -> list[LayerValues]:
         probs.shape = ir.Shape(["batch", None, "sequence", "sequence"])
         model.graph.outputs.extend([hidden, probs])
         layers.append(LayerValues(layer, hidden.name, probs.name))
+    RemoveUnusedNodesPass()(model)  # the MemoGate that fed the calls
     RemoveUnusedFunctionsPass()(model)
     return layers
 
