@@ -9,6 +9,8 @@ cd "$(dirname "$0")"
 VENV="${ATTMEMO_VENV:-.venv}"
 
 setup() {
+    # ATTMEMO_NO_SETUP=1 runs in an environment that already has attmemo installed (used by tests).
+    [[ "${ATTMEMO_NO_SETUP:-0}" == "1" ]] && return
     local stamp="$VENV/.attmemo-installed"
     local want
     want="$(sha256sum pyproject.toml | cut -d' ' -f1)"

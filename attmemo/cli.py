@@ -10,7 +10,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, PermissionError)
@@ -33,29 +32,13 @@ def export_main(argv: list[str] | None = None) -> int:
 
 
 def _export(args) -> int:
-    from attmemo.export.hf_export import export_hf_model
-    from attmemo.export.model_info import model_layer_count
-    from attmemo.transforms.model_file import transform_file
+    from attmemo.export.memo_export import export_memo_model
 
-    out = Path(args.out)
     print(f"exporting {args.model_dir} (eager attention, opset {args.opset}) ...", flush=True)
-    with tempfile.TemporaryDirectory(prefix="attmemo-") as tmp:
-        plain = export_hf_model(args.model_dir, Path(tmp) / "plain.onnx", task=args.task, opset=args.opset)
-        _move_tokenizer(plain, out)
-        report = transform_file(plain, out, allow_partial=args.allow_partial,
-                                expected_layers=model_layer_count(args.model_dir))
-    _print_report(report, out)
+    report = export_memo_model(args.model_dir, args.out, task=args.task, opset=args.opset,
+                               allow_partial=args.allow_partial)
+    _print_report(report, Path(args.out))
     return 0
-
-
-def _move_tokenizer(plain: Path, out: Path) -> None:
-    import shutil
-
-    from attmemo.export.hf_export import tokenizer_dir_for
-    src, dst = tokenizer_dir_for(plain), tokenizer_dir_for(out)
-    if src.is_dir():
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.move(str(src), str(dst))
 
 
 def _print_report(report, out: Path) -> None:

