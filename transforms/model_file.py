@@ -9,6 +9,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+from .diagnose import why_not_attention
 from .fuse import fuse_memo_attention
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ class TransformError(ValueError):
 class TransformReport:
     rewritten: int
     attention_layers: int   # Softmax nodes found: every attention layer has one
-    missed: list[str]       # names of Softmax nodes left as they were
+    missed: list[str]       # "softmax name: why it was not recognised" for each one left as it was
 
 
 def transform_file(src: str | Path, dst: str | Path, *, allow_partial: bool = False,
@@ -37,7 +38,7 @@ def transform_file(src: str | Path, dst: str | Path, *, allow_partial: bool = Fa
     softmaxes = sum(1 for n in model.graph if n.op_type == "Softmax")
     expected = expected_layers if expected_layers is not None else softmaxes
     rewritten = fuse_memo_attention(model)
-    missed = [n.name or "(unnamed)" for n in model.graph if n.op_type == "Softmax"]
+    missed = [f"{n.name or '(unnamed Softmax)'}: {why_not_attention(n)}" for n in model.graph if n.op_type == "Softmax"]
     report = TransformReport(rewritten=rewritten, attention_layers=expected, missed=missed)
     if rewritten == 0 and any(n.op_type == "Attention" for n in model.graph):
         raise TransformError(f"{src}: attention is a fused ONNX Attention op (opset >= 23), which hides the "
@@ -54,9 +55,9 @@ def transform_file(src: str | Path, dst: str | Path, *, allow_partial: bool = Fa
 
 def _describe(missed: list[str]) -> str:
     if not missed:
-        return "no Softmax node was left unmatched"
-    shown = ", ".join(missed[:3]) + (", ..." if len(missed) > 3 else "")
-    return f"not recognised: the attention around Softmax {shown}"
+        return "no Softmax was left unmatched"
+    shown = "; ".join(missed[:3]) + ("; ..." if len(missed) > 3 else "")
+    return f"not recognised: {shown}"
 
 
 def _load(path: Path) -> ir.Model:
