@@ -53,17 +53,20 @@ class Timing:
 
 def interleaved(sessions: Mapping[str, ort.InferenceSession], feed: dict[str, np.ndarray], *,
                 baseline: str, rounds: int, warmup: int = 3,
-                progress: Callable[[int], None] | None = None) -> Timing:
+                progress: Callable[[int], None] | None = None,
+                extra_feeds: Mapping[str, dict[str, np.ndarray]] | None = None) -> Timing:
+    """extra_feeds: per model, inputs added to ``feed`` (e.g. the oracle's attention probabilities)."""
     names = list(sessions)
+    feeds = {name: {**feed, **(extra_feeds or {}).get(name, {})} for name in names}
     for _ in range(warmup):
         for name in names:
-            sessions[name].run(None, feed)
+            sessions[name].run(None, feeds[name])
     times = {name: [] for name in names}
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             start = time.perf_counter()
-            sessions[name].run(None, feed)
+            sessions[name].run(None, feeds[name])
             times[name].append(time.perf_counter() - start)
         if progress:
             progress(r + 1)

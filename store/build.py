@@ -1,0 +1,250 @@
+"""build_database: corpus -> database folder (what ``attmemo build-db`` runs).
+
+1. tokenize every text once to learn its length (nothing else is kept);
+2. run the recording model (batch 1, unpadded) per text and append, per layer,
+   the probabilities to the bucket's value file and the pooled hidden states
+   to a scratch feature file (every few texts also an edited copy, for
+   near-duplicate training pairs, see augment.py);
+3. per layer: pair targets from the stored values, train the key embedding
+   (torch), index every row's key (Annoy) (train.py);
+4. write the manifest, then rename the folder into place (a failed build
+   leaves any previous database untouched).
+
+Memory stays flat in the corpus size except for a few bytes per text: every
+text's records are appended to files as they are produced. Resident memory is
+about one text's recording outputs (layers * (n*D + H*n*n) * 4 bytes: 76 MB
+for MiniLM at n = 512), plus a per-text length/bucket/row table (~20 bytes per
+text), plus while training one layer the features of at most
+``max_train_texts`` texts (F * 4 bytes each: 3 KB for MiniLM, 60 MB at the
+default 20,000), plus while indexing one bucket Annoy's in-memory build
+(~(K + 1) * 4 bytes per key and its trees: ~0.5 KB per text).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import augment, keys, manifest as manifest_file, values
+from .corpus import iter_texts
+from .database import default_db_dir, layer_dir, lengths_file
+from .manifest import KeySpec, Manifest, StoreError
+from .recorder import Recorder, load_tokenizer
+from .train import Corpus, KeyTraining, TrainingPlan, train_and_index
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKETS = (8, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+# F = 8 * 384 / 4 = 768 features for MiniLM: w1 is 768 x 64 floats (192 KB, stays in cache);
+# 16 segments x 192 (3 MB of w1) cost 150-700 us per key, more than a hit saves at S=128.
+DEFAULT_KEY = KeySpec(segments=8, hidden_pool=4, width=64, dim=64)
+
+
+@dataclasses.dataclass
+class BuildProgress:
+    stage: str          # "record" (the long one), then "train" per layer
+    done: int
+    total: int
+    seconds: float      # since the stage started
+
+    @property
+    def per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float:
+        return (self.total - self.done) / self.per_second if self.per_second > 0 else float("nan")
+
+
+@dataclasses.dataclass
+class BuildReport:
+    out: Path
+    model_id: str
+    texts: int
+    buckets: dict[int, int]       # bucket length -> rows
+    heads: dict[int, int]         # layer -> heads
+    seconds: dict[str, float]     # stage -> seconds
+    training: dict[int, object]   # layer -> models.key_embedding.TrainReport
+    bytes_on_disk: int
+    value_bytes_per_entry: float  # one layer, mean over rows, as stored
+    padded_fp32_bytes_per_entry: int   # one layer, [H, max_length, max_length] float32
+    exact_fp32_bytes_per_entry: float  # one layer, mean [H, n, n] float32
+
+
+def build_database(model_path: str | Path, corpus: str | Path, *, out: str | Path | None = None,
+                   max_length: int = 512, limit: int | None = None, threshold: float = 0.9,
+                   dtype: str = "unorm16", buckets: tuple[int, ...] = DEFAULT_BUCKETS,
+                   key_spec: KeySpec = DEFAULT_KEY, training: KeyTraining = KeyTraining(),
+                   progress: Callable[[BuildProgress], None] | None = None) -> BuildReport:
+    """Build the memo database of the MemoAttention model ``model_path`` from ``corpus``.
+
+    Writes ``out`` (default: ``default_db_dir(model_path)``), replacing any
+    database there only once the new one is complete. Raises StoreError (a
+    ValueError) or FileNotFoundError with a one-sentence message.
+    """
+    model_path, out = Path(model_path), Path(out) if out is not None else default_db_dir(model_path)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path}: no such model file; give the MemoAttention .onnx model.")
+    values.codec(dtype)
+    if not 0 < threshold <= 1:
+        raise StoreError(f"threshold {threshold} is outside (0, 1]; 0.9 reuses only near-identical attention.")
+    if out.exists() and not (out / manifest_file.FILENAME).is_file():
+        raise StoreError(f"{out}: exists and is not an attmemo database; choose another --out or remove it.")
+    buckets = tuple(b for b in sorted(buckets) if b < max_length) + (max_length,)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        db, scratch = work / "db", work / "scratch"
+        db.mkdir(), scratch.mkdir()
+        report = _build(model_path, Path(corpus), db, scratch, out=out, max_length=max_length, limit=limit,
+                        threshold=threshold, dtype=dtype, buckets=buckets, key_spec=key_spec, training=training,
+                        progress=progress)
+        _replace_dir(db, out)
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _build(model_path, corpus, db: Path, scratch: Path, *, out, max_length, limit, threshold, dtype, buckets,
+           key_spec, training, progress) -> BuildReport:
+    seconds = {}
+    start = time.perf_counter()
+    recorder = Recorder(model_path, scratch)
+    tokenizer = load_tokenizer(model_path, recorder.metadata)
+
+    def token_ids():
+        for text in iter_texts(corpus, limit=limit):
+            yield np.asarray(tokenizer(text, truncation=True, max_length=max_length)["input_ids"], np.int64)
+
+    texts = _plan_rows(np.array([len(ids) for ids in token_ids()], np.int32), buckets, db)
+    if len(texts.lengths) == 0:
+        raise StoreError(f"{corpus}: the corpus has no non-empty text.")
+    plan = TrainingPlan(len(texts.lengths), training)
+    seconds["tokenize"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    heads, hidden_size, aug_targets = _record(
+        recorder, token_ids(), db, scratch, texts=texts, augmented=set(plan.augmented.tolist()),
+        special_ids=set(tokenizer.all_special_ids), dtype=dtype, key_spec=key_spec, seed=training.seed,
+        progress=progress)
+    seconds["record"] = time.perf_counter() - start
+    model_id = recorder.model_id
+    del recorder  # its session's threads must not compete with training
+
+    start = time.perf_counter()
+    reports = {}
+    for done, layer in enumerate(sorted(heads)):
+        reports[layer] = train_and_index(
+            layer, heads[layer], db=db, features_path=scratch / f"features.L{layer}",
+            aug_features_path=scratch / f"augmented.L{layer}", aug_targets=aug_targets, corpus=texts, plan=plan,
+            dtype=dtype, key_spec=key_spec, feature_size=keys.feature_size(key_spec, hidden_size), settings=training)
+        if progress:
+            progress(BuildProgress("train", done + 1, len(heads), time.perf_counter() - start))
+    seconds["train_and_index"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    manifest = Manifest(model_id=model_id, layers=heads, buckets=texts.counts, dtype=dtype,
+                        threshold=threshold, key=key_spec,
+                        corpus={"path": str(Path(corpus).resolve()), "texts": len(texts.lengths),
+                                "max_length": max_length, "limit": limit, "augmented": len(plan.augmented)},
+                        files={})
+    manifest.files = {str(p.relative_to(db)): manifest_file.file_entry(p) for p in sorted(db.rglob("*")) if p.is_file()}
+    manifest_file.write(manifest, db)
+    seconds["checksums"] = time.perf_counter() - start
+    return _report(out, manifest, texts, seconds, reports, db, max_length)
+
+
+def _plan_rows(lengths: np.ndarray, buckets: tuple[int, ...], db: Path) -> Corpus:
+    """Assign each text its bucket and row; write the per-bucket length tables."""
+    bucket_of = np.array([buckets[bisect.bisect_left(buckets, n)] for n in lengths], np.int32)
+    row_of = np.zeros(len(lengths), np.int64)
+    counts = {}
+    for b in buckets:
+        members = np.flatnonzero(bucket_of == b)
+        row_of[members] = np.arange(len(members))
+        if len(members):
+            counts[b] = len(members)
+            np.save(_mkparent(db / lengths_file(b)), lengths[members].astype(np.int32), allow_pickle=False)
+    return Corpus(lengths=lengths, bucket_of=bucket_of, row_of=row_of, counts=counts)
+
+
+def _record(recorder: Recorder, token_ids, db: Path, scratch: Path, *, texts: Corpus, augmented: set[int],
+            special_ids: set[int], dtype, key_spec, seed, progress) -> tuple[dict[int, int], int, np.ndarray]:
+    """Run and append every text; return ({layer: heads}, hidden size, float32[augmented, layers] TV targets)."""
+    storage, encode, _ = values.codec(dtype)
+    files: dict[object, object] = {}
+    heads, hidden_size, aug_targets = {}, 0, []
+    total = len(texts.lengths) + len(augmented)
+    start, done = time.perf_counter(), 0
+    try:
+        for i, ids in enumerate(token_ids):
+            if len(ids) != texts.lengths[i]:
+                raise StoreError("the corpus changed while building (a text's length differs between passes).")
+            b = int(texts.bucket_of[i])
+            records = recorder.run(ids)
+            for layer, (hidden_nD, probs_Hnn) in records.items():
+                heads[layer], hidden_size = probs_Hnn.shape[0], hidden_nD.shape[1]
+                block = encoded = encode(probs_Hnn)
+                if len(ids) < b:
+                    block = np.zeros((probs_Hnn.shape[0], b, b), storage)
+                    block[:, :len(ids), :len(ids)] = encoded
+                _open(files, (layer, b), db / layer_dir(layer) / f"b{b}.values").write(memoryview(block))
+                _open(files, layer, scratch / f"features.L{layer}").write(keys.pool(hidden_nD, key_spec).tobytes())
+            done += 1
+            if i in augmented:
+                edited = augment.edit_tokens(ids, special_ids=special_ids, rng=np.random.default_rng([seed, i]))
+                edited_records = recorder.run(edited)
+                aug_targets.append([augment.tv_distance(records[layer][1], edited_records[layer][1])
+                                    for layer in sorted(edited_records)])
+                for layer, (hidden_nD, _) in edited_records.items():
+                    _open(files, ("aug", layer), scratch / f"augmented.L{layer}").write(
+                        keys.pool(hidden_nD, key_spec).tobytes())
+                done += 1
+            if progress:
+                progress(BuildProgress("record", done, total, time.perf_counter() - start))
+    finally:
+        for f in files.values():
+            f.close()
+    return heads, hidden_size, np.array(aug_targets, np.float32).reshape(len(aug_targets), len(heads))
+
+
+def _open(files: dict, key, path: Path):
+    if key not in files:
+        files[key] = open(_mkparent(path), "wb")
+    return files[key]
+
+
+def _mkparent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _report(out, manifest, texts: Corpus, seconds, training, db, max_length) -> BuildReport:
+    heads = next(iter(manifest.layers.values()))
+    stored = np.array([values.entry_bytes(heads, int(b), manifest.dtype) for b in texts.bucket_of])
+    return BuildReport(out=out, model_id=manifest.model_id, texts=len(texts.lengths), buckets=manifest.buckets,
+                       heads=manifest.layers, seconds=seconds, training=training,
+                       bytes_on_disk=sum(p.stat().st_size for p in db.rglob("*") if p.is_file()),
+                       value_bytes_per_entry=float(stored.mean()),
+                       padded_fp32_bytes_per_entry=heads * max_length * max_length * 4,
+                       exact_fp32_bytes_per_entry=float((heads * texts.lengths.astype(np.float64) ** 2 * 4).mean()))
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Rename ``new`` to ``out``; an existing ``out`` is moved aside first and removed after."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(new, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, out)

@@ -1,0 +1,157 @@
+"""MemoDatabase: the run-time side of a database folder (implements custom_ops.registry.Memo).
+
+Per layer and per sequence of a batch: key (keys.py) -> nearest stored key of
+the same length bucket (index.py) -> hit policy (policy.py) -> stored
+probabilities re-expanded to the query's shape (values.py); counters in
+stats.py. B batch, S padded sequence length, D hidden size, H heads, n a
+sequence's real token count.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import keys, manifest as manifest_file
+from .index import KeyIndex
+from .manifest import Manifest, StoreError
+from .policy import HitPolicy
+from .stats import MemoStats
+from .values import ValueFile
+
+log = logging.getLogger(__name__)
+
+
+def default_db_dir(model_path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.memo/`` (where attmemo.InferenceSession looks by default)."""
+    model_path = Path(model_path)
+    stem = model_path.with_suffix("") if model_path.suffix == ".onnx" else model_path
+    return stem.parent / (stem.name + ".memo")
+
+
+def layer_dir(layer: int) -> str:
+    return f"L{layer}"
+
+
+def lengths_file(bucket: int) -> str:
+    return f"lengths/b{bucket}.npy"
+
+
+@dataclasses.dataclass
+class _Bucket:
+    index: KeyIndex
+    values: ValueFile
+    lengths: np.ndarray   # int32[count] true token count of each row
+
+
+@dataclasses.dataclass
+class _Layer:
+    heads: int
+    key: keys.KeyEmbedding
+    buckets: dict[int, _Bucket]
+
+
+class MemoDatabase:
+    """A loaded database folder. Thread-safe for lookups (everything is read-only but the stats)."""
+
+    def __init__(self, folder: Path, manifest: Manifest, layers: dict[int, _Layer]):
+        self.folder, self.manifest, self._layers = folder, manifest, layers
+        self.policy = HitPolicy(manifest.threshold)
+        self.stats = MemoStats()
+        self._bucket_lengths = sorted(manifest.buckets)
+        stored = [b.lengths.min() for layer in layers.values() for b in layer.buckets.values() if len(b.lengths)]
+        self._min_length = int(min(stored)) if stored else None
+
+    @classmethod
+    def open(cls, folder: str | Path, *, verify_checksums: bool = False) -> MemoDatabase:
+        """Load and validate ``folder``; raise StoreError naming the file at fault."""
+        folder = Path(folder)
+        manifest = manifest_file.load(folder, verify_checksums=verify_checksums)
+        lengths = {b: _load_lengths(folder / lengths_file(b), count) for b, count in manifest.buckets.items()}
+        layers = {}
+        for layer, heads in manifest.layers.items():
+            key = keys.KeyEmbedding.load(folder / layer_dir(layer))
+            buckets = {b: _Bucket(KeyIndex(folder / layer_dir(layer) / f"b{b}.ann", dim=key.dim, count=count),
+                                  ValueFile(folder / layer_dir(layer) / f"b{b}.values", count=count, heads=heads,
+                                            bucket=b, dtype=manifest.dtype, mode="r"),
+                                  lengths[b])
+                       for b, count in manifest.buckets.items() if count > 0}
+            layers[layer] = _Layer(heads, key, buckets)
+        log.info("opened memo database %s: %d layers, %s rows", folder, len(layers), sum(manifest.buckets.values()))
+        return cls(folder, manifest, layers)
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.model_id
+
+    def serves(self, layer: int, batch: int, seq_len: int) -> bool:
+        return layer in self._layers and self._min_length is not None and seq_len >= self._min_length
+
+    def lookup(self, layer: int, hidden_BSD: np.ndarray, mask_BS: np.ndarray | None):
+        """(hit_B bool[B], stored_BHSS float32[B, H, S, S]); rows of misses are zero.
+
+        Never raises: on any error every sequence misses (and the error is logged).
+        """
+        start = time.perf_counter()
+        batch = hidden_BSD.shape[0] if hidden_BSD.ndim == 3 else 1
+        try:
+            hit_B, stored_BHSS = self._lookup(self._layers[layer], hidden_BSD, mask_BS)
+        except Exception:  # noqa: BLE001 - the caller is a PyOp; an exception would abort the process
+            log.exception("memo lookup failed in layer %s; computing exactly", layer)
+            hit_B, stored_BHSS = np.zeros(batch, dtype=bool), np.zeros((1, 1, 1, 1), np.float32)
+        self.stats.record(layer, lookups=batch, hits=int(hit_B.sum()), seconds=time.perf_counter() - start)
+        return hit_B, stored_BHSS
+
+    def _lookup(self, layer: _Layer, hidden_BSD: np.ndarray, mask_BS: np.ndarray | None):
+        batch, size, _ = hidden_BSD.shape
+        real = [_real_positions(mask_BS, b, size) for b in range(batch)]   # None = the first n tokens
+        lengths = [size if mask_BS is None else int(np.count_nonzero(mask_BS[b])) for b in range(batch)]
+        candidates = [b for b in range(batch) if self._bucket_for(layer, lengths[b]) is not None]
+        hits: list[tuple[int, _Bucket, int]] = []     # (sequence, bucket, row)
+        if candidates:
+            features = np.stack([keys.pool(hidden_BSD[b, :lengths[b]] if real[b] is None else hidden_BSD[b, real[b]],
+                                           self.manifest.key) for b in candidates])
+            for b, key in zip(candidates, layer.key.embed(features)):
+                bucket = self._bucket_for(layer, lengths[b])
+                row, distance = bucket.index.nearest(key, lengths[b])
+                if self.policy.is_hit(distance=distance, stored_length=int(bucket.lengths[row]),
+                                      query_length=lengths[b]):
+                    hits.append((b, bucket, row))
+        hit_B = np.zeros(batch, dtype=bool)
+        if not hits:
+            return hit_B, np.zeros((1, 1, 1, 1), np.float32)
+        stored_BHSS = np.empty((batch, layer.heads, size, size), np.float32)
+        for b, bucket, row in hits:
+            hit_B[b] = True
+            bucket.values.expand_into(row, lengths[b], stored_BHSS[b], real[b])
+        stored_BHSS[~hit_B] = 0
+        return hit_B, stored_BHSS
+
+    def _bucket_for(self, layer: _Layer, n: int) -> _Bucket | None:
+        i = bisect.bisect_left(self._bucket_lengths, n)
+        return layer.buckets.get(self._bucket_lengths[i]) if i < len(self._bucket_lengths) and n > 0 else None
+
+
+def _real_positions(mask_BS: np.ndarray | None, b: int, size: int) -> np.ndarray | None:
+    """int[n] positions of sequence b's real tokens, or None when they are the first n (right padding)."""
+    if mask_BS is None:
+        return None
+    real_S = mask_BS[b] != 0
+    n = int(np.count_nonzero(real_S))
+    return None if real_S[:n].all() else np.flatnonzero(real_S)
+
+
+def _load_lengths(path: Path, count: int) -> np.ndarray:
+    try:
+        lengths = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise StoreError(f"{path}: unreadable length table ({error}); rebuild the database.") from error
+    if lengths.shape != (count,) or lengths.dtype.kind not in "iu":
+        raise StoreError(f"{path}: expected {count} integer lengths, found {lengths.dtype}{list(lengths.shape)}; "
+                         "rebuild the database.")
+    return lengths

@@ -1,0 +1,81 @@
+"""Run a MemoAttention model exactly and record, per layer, its input hidden
+states and attention probabilities (the build side; the only onnxruntime user
+in attmemo.store).
+
+One text at a time, batch 1 and unpadded, so each record is exactly the
+sequence's valid region: hidden [n, D] and probabilities [H, n, n].
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .manifest import StoreError
+
+log = logging.getLogger(__name__)
+
+MODEL_ID_KEY = "attmemo.model_id"          # written by attmemo.transforms.fuse
+SOURCE_DIR_KEY = "attmemo.source_model_dir"  # written by attmemo.export.hf_export
+
+
+class Recorder:
+    def __init__(self, model_path: Path, scratch: Path):
+        import onnx_ir as ir
+        import onnxruntime as ort
+
+        from attmemo.transforms.unfuse import recording_model
+
+        try:
+            model = ir.load(model_path)
+        except Exception as error:  # noqa: BLE001 - protobuf raises many types for a bad file
+            raise StoreError(f"{model_path}: not a readable ONNX model ({type(error).__name__}).") from error
+        self.metadata = dict(model.metadata_props)
+        if MODEL_ID_KEY not in self.metadata:
+            raise StoreError(f"{model_path}: has no {MODEL_ID_KEY} metadata, so it is not a MemoAttention model; "
+                             "rewrite it first with attmemo transform (or export it with attmemo-export).")
+        self.model_id = self.metadata[MODEL_ID_KEY]
+        self.layers = recording_model(model)
+        if not self.layers:
+            raise StoreError(f"{model_path}: has no MemoAttention layer; rewrite it with attmemo transform.")
+        path = scratch / "recording.onnx"
+        ir.save(model, path)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave the cores to training
+        self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self._inputs = [i.name for i in self._session.get_inputs()]
+        self._outputs = [name for layer in self.layers for name in (layer.hidden, layer.probs)]
+
+    def run(self, input_ids: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """{layer: (hidden float32[n, D], probs float32[H, n, n])} for one unpadded sequence int64[n]."""
+        ids = input_ids.astype(np.int64)[None, :]
+        known = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        missing = [name for name in self._inputs if name not in known]
+        if missing:
+            raise StoreError(f"the model needs inputs {missing} that build-db cannot make; "
+                             "export a plain encoder (input_ids, attention_mask, token_type_ids).")
+        outputs = self._session.run(self._outputs, {name: known[name] for name in self._inputs})
+        return {layer.layer: (outputs[2 * i][0], outputs[2 * i + 1][0]) for i, layer in enumerate(self.layers)}
+
+
+def load_tokenizer(model_path: Path, metadata: dict[str, str]):
+    """The tokenizer saved beside the model (``model.tokenizer/``) or in the source folder named in its metadata."""
+    from transformers import AutoTokenizer
+
+    from attmemo.export.hf_export import tokenizer_dir_for
+
+    candidates = [tokenizer_dir_for(model_path)]
+    if SOURCE_DIR_KEY in metadata:
+        candidates.append(Path(metadata[SOURCE_DIR_KEY]))
+    for folder in candidates:
+        if folder.is_dir():
+            try:
+                return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            except (OSError, ValueError, TypeError) as error:
+                log.info("no usable tokenizer in %s (%s)", folder, error)
+    tried = " or ".join(str(c) for c in candidates)
+    raise StoreError(f"{model_path}: no tokenizer found (looked in {tried}); "
+                     "export with attmemo-export, which saves it beside the model.")

@@ -1,0 +1,201 @@
+"""attmemo.store components on tiny literal data: values, index, keys, policy, stats, manifest, corpus."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from attmemo.store import StoreError, index, keys, manifest, values
+from attmemo.store.corpus import iter_texts
+from attmemo.store.manifest import KeySpec, Manifest
+from attmemo.store.policy import HitPolicy
+from attmemo.store.stats import MemoStats
+
+HEADS = 2
+
+
+def _probs(n: int, seed: int) -> np.ndarray:
+    """float32[HEADS, n, n] softmax rows."""
+    logits = np.random.default_rng(seed).standard_normal((HEADS, n, n)).astype(np.float32) * 3
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("dtype, atol", [("unorm16", 1e-4), ("float16", 1e-3)])
+def test_values_round_trip_through_a_fresh_mapping(tmp_path, dtype, atol):
+    path = tmp_path / "b8.values"
+    stored = {0: _probs(5, 0), 1: _probs(8, 1)}
+    writer = values.ValueFile(path, count=2, heads=HEADS, bucket=8, dtype=dtype, mode="w+")
+    for row, p in stored.items():
+        writer.write(row, p)
+    writer.flush()
+    del writer
+    assert path.stat().st_size == 2 * values.entry_bytes(HEADS, 8, dtype) == 2 * HEADS * 8 * 8 * 2
+    reader = values.ValueFile(path, count=2, heads=HEADS, bucket=8, dtype=dtype, mode="r")
+    for row, p in stored.items():
+        np.testing.assert_allclose(reader.read(row, p.shape[-1]), p, atol=atol)
+
+
+def test_unorm16_rows_sum_to_one_exactly():
+    decoded = np.empty((HEADS, 7, 7), np.float32)
+    values.CODECS["unorm16"][2](values.CODECS["unorm16"][1](_probs(7, 3)), decoded)
+    np.testing.assert_allclose(decoded.sum(-1), 1.0, atol=1e-6)
+
+
+def _value_file(tmp_path, probs):
+    vf = values.ValueFile(tmp_path / "v", count=1, heads=HEADS, bucket=8, dtype="unorm16", mode="w+")
+    vf.write(0, probs)
+    return vf
+
+
+def test_expand_right_padding_puts_no_mass_on_padding(tmp_path):
+    probs = _probs(3, 4)
+    out = np.full((HEADS, 5, 5), np.nan, np.float32)   # expand must write every element
+    _value_file(tmp_path, probs).expand_into(0, 3, out)
+    np.testing.assert_allclose(out[:, :3, :3], probs, atol=1e-4)
+    assert (out[:, :, 3:] == 0).all()
+    np.testing.assert_allclose(out[:, 3:, :3], 1 / 3)    # padding rows: uniform over the real tokens
+    np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-6)
+
+
+def test_expand_left_padding_places_the_block_on_the_real_tokens(tmp_path):
+    probs = _probs(3, 5)
+    out = np.full((HEADS, 5, 5), np.nan, np.float32)
+    _value_file(tmp_path, probs).expand_into(0, 3, out, positions=np.array([2, 3, 4]))
+    np.testing.assert_allclose(out[:, 2:, 2:], probs, atol=1e-4)
+    assert (out[:, :, :2] == 0).all()
+    np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-6)
+
+
+def test_index_round_trip_and_length_separation(tmp_path):
+    keys_NK = np.array([[0, 0], [1, 0], [0, 1], [0, 0]], np.float32)
+    lengths = np.array([4, 4, 4, 5])
+    index.build(keys_NK, lengths, tmp_path / "b8.ann", trees=4, seed=0)
+    loaded = index.KeyIndex(tmp_path / "b8.ann", dim=2, count=4)
+    assert loaded.nearest(np.array([0.9, 0.1], np.float32), 4)[0] == 1
+    row, distance = loaded.nearest(np.array([0, 0], np.float32), 5)
+    assert (row, distance) == (3, 0.0)
+    row, distance = loaded.nearest(np.array([0, 0], np.float32), 4)
+    assert (row, distance) == (0, 0.0)
+    with pytest.raises(StoreError, match="3 items|4 items"):
+        index.KeyIndex(tmp_path / "b8.ann", dim=2, count=3)
+
+
+def test_index_build_is_reproducible(tmp_path):
+    vectors = np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32)
+    lengths = np.full(200, 10)
+    for name in ("a.ann", "b.ann"):
+        index.build(vectors, lengths, tmp_path / name, trees=5, seed=3)
+    assert (tmp_path / "a.ann").read_bytes() == (tmp_path / "b.ann").read_bytes()
+
+
+def test_pool_averages_position_segments_and_hidden_groups():
+    spec = KeySpec(segments=2, hidden_pool=2, width=4, dim=2)
+    hidden = np.array([[1, 3, 0, 0], [3, 5, 2, 2], [10, 10, 4, 4], [20, 20, 8, 8]], np.float32)
+    # segments: rows {0,1} and {2,3}; then adjacent hidden units averaged in pairs
+    np.testing.assert_allclose(keys.pool(hidden, spec), [3, 1, 15, 6])
+    # fewer tokens than segments: each segment still averages at least one token
+    np.testing.assert_allclose(keys.pool(hidden[:1], spec), [2, 0, 2, 0])
+
+
+def test_key_embedding_saves_and_loads_without_pickle(tmp_path):
+    rng = np.random.default_rng(0)
+    key = keys.KeyEmbedding(*(rng.standard_normal(s).astype(np.float32) for s in ((6, 4), (4,), (4, 3), (3,))))
+    key.save(tmp_path)
+    loaded = keys.KeyEmbedding.load(tmp_path)
+    x = rng.standard_normal((2, 6)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.embed(x), key.embed(x))
+    np.save(tmp_path / "key.b2.npy", np.array([object()]), allow_pickle=True)
+    with pytest.raises(StoreError, match="key.b2.npy"):
+        keys.KeyEmbedding.load(tmp_path)
+
+
+def test_policy_needs_similarity_and_the_same_length():
+    policy = HitPolicy(threshold=0.9)
+    assert policy.is_hit(distance=0.05, stored_length=7, query_length=7)
+    assert not policy.is_hit(distance=0.2, stored_length=7, query_length=7)
+    assert not policy.is_hit(distance=0.0, stored_length=8, query_length=7)
+    assert policy.similarity(0.25) == 0.75
+
+
+def test_stats_count_from_many_threads():
+    stats = MemoStats()
+
+    def work():
+        for _ in range(1000):
+            stats.record(2, lookups=2, hits=1, seconds=0.001)
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    snap = stats.snapshot()
+    assert snap[2]["lookups"] == 8000 and snap[2]["hits"] == 4000
+    assert snap[2]["lookup_seconds"] == pytest.approx(4.0)
+
+
+def _manifest_folder(tmp_path):
+    (tmp_path / "L0").mkdir()
+    (tmp_path / "L0" / "x.bin").write_bytes(b"abcd")
+    m = Manifest(model_id="m1", layers={0: 2}, buckets={8: 1}, dtype="unorm16", threshold=0.9,
+                 key=KeySpec(8, 4, 64, 64), corpus={"texts": 1},
+                 files={"L0/x.bin": manifest.file_entry(tmp_path / "L0" / "x.bin")})
+    manifest.write(m, tmp_path)
+    return m
+
+
+def test_manifest_round_trip(tmp_path):
+    written = _manifest_folder(tmp_path)
+    assert manifest.load(tmp_path, verify_checksums=True) == written
+
+
+def test_manifest_names_the_damaged_file(tmp_path):
+    _manifest_folder(tmp_path)
+    (tmp_path / "L0" / "x.bin").write_bytes(b"abcde")
+    with pytest.raises(StoreError, match=r"x\.bin: 5 bytes, the manifest says 4"):
+        manifest.load(tmp_path)
+    (tmp_path / "L0" / "x.bin").write_bytes(b"abce")
+    with pytest.raises(StoreError, match=r"x\.bin: checksum"):
+        manifest.load(tmp_path, verify_checksums=True)
+    (tmp_path / "L0" / "x.bin").unlink()
+    with pytest.raises(StoreError, match=r"x\.bin: listed in the manifest but missing"):
+        manifest.load(tmp_path)
+
+
+def test_manifest_rejects_other_schemas_and_non_databases(tmp_path):
+    with pytest.raises(StoreError, match="no such database folder"):
+        manifest.load(tmp_path / "nothing")
+    with pytest.raises(StoreError, match="manifest.json: missing"):
+        manifest.load(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(StoreError, match="schema version 99"):
+        manifest.load(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(StoreError, match="not a valid attmemo manifest"):
+        manifest.load(tmp_path)
+
+
+def test_corpus_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("first text\n\nsecond text\n")
+    (tmp_path / "b.jsonl").write_text('{"text": "one"}\n\n{"text": "two", "id": 3}\n')
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "2.txt").write_text("doc two\nline two")
+    (folder / "1.txt").write_text("doc one")
+    assert list(iter_texts(tmp_path / "a.txt")) == ["first text", "second text"]
+    assert list(iter_texts(tmp_path / "b.jsonl", limit=1)) == ["one"]
+    assert list(iter_texts(folder)) == ["doc one", "doc two\nline two"]
+
+
+def test_corpus_errors_say_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such corpus"):
+        list(iter_texts(tmp_path / "missing.txt"))
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"title": "no text"}\n')
+    with pytest.raises(StoreError, match=r"bad\.jsonl:2: not a JSON object with a \"text\" field"):
+        list(iter_texts(tmp_path / "bad.jsonl"))
+    (tmp_path / "data.csv").write_text("a,b\n")
+    with pytest.raises(StoreError, match="unknown corpus format"):
+        list(iter_texts(tmp_path / "data.csv"))
