@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="use only the first N texts")
     p.add_argument("--threshold", type=float, default=0.9,
                    help="hit if 1 - predicted attention distance >= this (default: 0.9)")
-    p.add_argument("--dtype", choices=["unorm16", "float16"], default="unorm16",
+    p.add_argument("--dtype", choices=["unorm16"], default="unorm16",
                    help="stored probability format (default: unorm16, fastest to read)")
     _add_verbosity(p)
 

@@ -26,6 +26,9 @@ from .values import ValueFile
 
 log = logging.getLogger(__name__)
 
+# What a lookup returns for P when nothing hit: tiny, so no large tensor crosses the bridge.
+NO_PROBS = np.zeros((1, 1, 1, 1), np.uint16)
+
 
 def default_db_dir(model_path: str | Path) -> Path:
     """``model.onnx`` -> ``model.memo/`` (where attmemo.InferenceSession looks by default)."""
@@ -93,7 +96,9 @@ class MemoDatabase:
         return layer in self._layers and self._min_length is not None and seq_len >= self._min_length
 
     def lookup(self, layer: int, hidden_BSD: np.ndarray, mask_BS: np.ndarray | None):
-        """(hit_B bool[B], stored_BHSS float32[B, H, S, S]); rows of misses are zero.
+        """(hit_B bool[B], stored_BHSS uint16[B, H, S, S] in unorm16, see values.py).
+
+        Rows of misses are zero; with no hit at all ``stored`` is NO_PROBS.
 
         Never raises: on any error every sequence misses (and the error is logged).
         """
@@ -103,7 +108,7 @@ class MemoDatabase:
             hit_B, stored_BHSS = self._lookup(self._layers[layer], hidden_BSD, mask_BS)
         except Exception:  # noqa: BLE001 - the caller is a PyOp; an exception would abort the process
             log.exception("memo lookup failed in layer %s; computing exactly", layer)
-            hit_B, stored_BHSS = np.zeros(batch, dtype=bool), np.zeros((1, 1, 1, 1), np.float32)
+            hit_B, stored_BHSS = np.zeros(batch, dtype=bool), NO_PROBS
         self.stats.record(layer, lookups=batch, hits=int(hit_B.sum()), seconds=time.perf_counter() - start)
         return hit_B, stored_BHSS
 
@@ -124,12 +129,17 @@ class MemoDatabase:
                     hits.append((b, bucket, row))
         hit_B = np.zeros(batch, dtype=bool)
         if not hits:
-            return hit_B, np.zeros((1, 1, 1, 1), np.float32)
-        stored_BHSS = np.empty((batch, layer.heads, size, size), np.float32)
+            return hit_B, NO_PROBS
+        if batch == 1 and hits[0][1].values.bucket == size == lengths[0]:
+            # The common case, one unpadded sequence filling its bucket: the stored
+            # block is the answer, returned in place (the bridge does the one copy).
+            _, bucket, row = hits[0]
+            hit_B[0] = True
+            return hit_B, bucket.values.view(row)[None]
+        stored_BHSS = np.zeros((batch, layer.heads, size, size), np.uint16)
         for b, bucket, row in hits:
             hit_B[b] = True
-            bucket.values.expand_into(row, lengths[b], stored_BHSS[b], real[b])
-        stored_BHSS[~hit_B] = 0
+            bucket.values.raw_into(row, lengths[b], stored_BHSS[b], real[b])
         return hit_B, stored_BHSS
 
     def _bucket_for(self, layer: _Layer, n: int) -> _Bucket | None:

@@ -2,17 +2,17 @@
 
 Row r of the bucket-b file of a layer with H heads is a [H, b, b] block; a
 sequence of n <= b real tokens fills its top-left [H, n, n] (padding rows and
-columns are not stored, the rest of the block stays zero and, on file systems
-with sparse files, takes no disk). Values are 16-bit (CODECS):
+columns are not stored, the rest of the block stays zero). Values are
+"unorm16": round(p * 65535) as uint16; at encoding the rounding error of each
+row is added to the row's largest entry, so every row sums to exactly 65535.
 
-- "unorm16": round(p * 65535) as uint16; at encoding the rounding error of each
-  row is added to the row's largest entry, so decoded rows sum to 1 exactly
-  (float32). Decoding is one multiply, as fast as copying float32.
-- "float16": IEEE half; 7x smaller mean error, but numpy converts half to
-  float at ~2 ns per value (6 ms for one 12x512x512 matrix, more than a hit
-  saves), so it is only worth it for short sequences.
+The lookup op returns these integers as they are and the graph decodes them
+natively (Cast to float, then one multiply by 1/65535 on the small P·V
+result): decoding in numpy costs as much as a hit saves. IEEE half was
+measured and dropped: numpy converts it at ~2 ns per value (6 ms for one
+12x512x512 matrix) and a Python op cannot return float16.
 
-A hit is re-expanded into the query's [H, S, S] (see ``expand_into``).
+A hit is re-expanded into the query's [H, S, S] (see ``raw_into``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .manifest import StoreError
 UNORM_MAX = 65535
 
 
-def _encode_unorm16(probs_Hnn: np.ndarray) -> np.ndarray:
+def encode_unorm16(probs_Hnn: np.ndarray) -> np.ndarray:
     q = probs_Hnn * np.float32(UNORM_MAX)
     np.rint(q, out=q)
     deficit = np.float32(UNORM_MAX) - q.sum(axis=-1)   # integers below 2**24: exact in float32
@@ -40,18 +40,9 @@ def _decode_unorm16(stored: np.ndarray, out: np.ndarray) -> None:
     np.multiply(stored, np.float32(1 / UNORM_MAX), out=out, dtype=np.float32)
 
 
-def _encode_float16(probs_Hnn: np.ndarray) -> np.ndarray:
-    return probs_Hnn.astype(np.float16)
-
-
-def _decode_float16(stored: np.ndarray, out: np.ndarray) -> None:
-    np.copyto(out, stored)
-
-
 # name -> (storage dtype, encode float32[H, n, n] -> stored, decode(stored, out float32) in place)
 CODECS = {
-    "unorm16": (np.dtype(np.uint16), _encode_unorm16, _decode_unorm16),
-    "float16": (np.dtype(np.float16), _encode_float16, _decode_float16),
+    "unorm16": (np.dtype(np.uint16), encode_unorm16, _decode_unorm16),
 }
 
 
@@ -87,26 +78,32 @@ class ValueFile:
         self._decode(stored, out)
         return out
 
-    def expand_into(self, row: int, n: int, out_HSS: np.ndarray, positions: np.ndarray | None = None) -> None:
-        """Write ``row`` (n real tokens) as the probabilities of a query padded to S >= n.
+    def raw_into(self, row: int, n: int, out_HSS: np.ndarray, positions: np.ndarray | None = None) -> None:
+        """Write ``row`` (n real tokens) as unorm16 probabilities of a query padded to S >= n.
 
         positions: int[n] indices of the query's real tokens; None means the
         first n (right padding). Real rows get the stored [n, n] block and zeros
-        on padding columns, so no mass falls on padding and rows sum to 1.
+        on padding columns, so no mass falls on padding and rows sum to 65535.
         Padding rows (whose outputs no real token reads) attend uniformly to
-        the n real tokens, so they sum to 1 as well.
+        the n real tokens, so they sum to 65535 as well.
         """
         size = out_HSS.shape[-1]
+        uniform = np.full(n, UNORM_MAX // n, dtype=np.uint16)
+        uniform[: UNORM_MAX % n] += 1
         if positions is None or np.array_equal(positions, np.arange(n)):
-            self.read(row, n, out_HSS[:, :n, :n])
+            out_HSS[:, :n, :n] = self.rows[row, :, :n, :n]
             out_HSS[:, :n, n:] = 0
-            out_HSS[:, n:, :n] = np.float32(1.0 / n)
+            out_HSS[:, n:, :n] = uniform
             out_HSS[:, n:, n:] = 0
             return
         padding = np.setdiff1d(np.arange(size), positions)
         out_HSS[...] = 0
-        out_HSS[:, positions[:, None], positions] = self.read(row, n)
-        out_HSS[:, padding[:, None], positions] = np.float32(1.0 / n)
+        out_HSS[:, positions[:, None], positions] = self.rows[row, :, :n, :n]
+        out_HSS[:, padding[:, None], positions] = uniform
+
+    def view(self, row: int) -> np.ndarray:
+        """The stored [H, b, b] block of ``row``, in place (zero-copy; read-only mapping)."""
+        return self.rows[row]
 
     def flush(self) -> None:
         self.rows.flush()

@@ -24,9 +24,12 @@ the Python ops receive to find the layer's memo store.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from attmemo.custom_ops.memo_gate import DOMAIN as RUNTIME_DOMAIN
+
+from attmemo.store.values import UNORM_MAX
 
 from .exclusive_slice import Slice
 
@@ -104,40 +107,61 @@ def _branch(name: str, nodes: list[ir.Node], out: ir.Value) -> ir.Graph:
     return ir.Graph([], [out], nodes=nodes, name=name)
 
 
-def _exact_graph(core: Slice, post: Slice, outer: dict[ir.Value, ir.Value]) -> ir.Graph:
-    nodes, probs = copy_slice(core, outer, prefix="exact.")
-    probs.name = EXACT_PROBS  # so tools can find P in the exact branch (see unfuse.py)
-    post_nodes, context = copy_slice(post, {**outer, core.output: probs}, prefix="exact.post.")
-    return _branch("exact", [*nodes, *post_nodes], context)
+def _exact_graph(core: Slice, post: Slice, outer: dict[ir.Value, ir.Value], *, prefix: str = "exact.") -> ir.Graph:
+    nodes, probs = copy_slice(core, outer, prefix=prefix)
+    if prefix == "exact.":
+        probs.name = EXACT_PROBS  # so tools can find P in the exact branch (see unfuse.py)
+    post_nodes, context = copy_slice(post, {**outer, core.output: probs}, prefix=f"{prefix}post.")
+    return _branch(prefix.rstrip("."), [*nodes, *post_nodes], context)
 
 
 def _lookup_graph(core: Slice, post: Slice, outer: dict[ir.Value, ir.Value],
                   hidden: ir.Value, mask: ir.Value | None) -> ir.Graph:
-    nodes: list[ir.Node] = []
-    if mask is None:
-        # No attention_mask input: every position is a real token.
-        batch_seq = ir.Node("", "Shape", [hidden], [ir.AttrInt64("end", 2)], outputs=[ir.Value(name="batch_seq")])
-        mask_i64 = ir.Node("", "ConstantOfShape", [batch_seq.outputs[0]],
-                           [ir.AttrTensor("value", ir.tensor([1], dtype=ir.DataType.INT64))],
-                           outputs=[ir.Value(name="mask_i64")])
-        nodes += [batch_seq, mask_i64]
-    else:
-        mask_i64 = ir.Node("", "Cast", [mask], [ir.AttrInt64("to", ir.DataType.INT64)],
-                           outputs=[ir.Value(name="mask_i64")])
-        nodes.append(mask_i64)
-    lookup = ir.Node(RUNTIME_DOMAIN, "MemoLookup", [hidden, mask_i64.outputs[0]], _ref_attrs(),
-                     outputs=[ir.Value(name="hit_B111"), ir.Value(name="all_hit"), ir.Value(name="stored")])
-    hit, all_hit, stored = lookup.outputs
+    """hit, any_hit, all_hit, P_u16 = MemoLookup(hidden, mask), then one of three paths.
 
-    reuse_nodes, reused = copy_slice(post, {**outer, core.output: stored}, prefix="reuse.post.")
-    merge_nodes, exact = copy_slice(core, outer, prefix="merge.")
-    merged = ir.Node("", "Where", [hit, stored, exact], outputs=[ir.Value(name="merged")])
+    all hit:  (P_u16 as float) @ V / 65535      decode scaled on the small result
+    some hit: Where(hit, P_u16 / 65535, <exact P>) @ V
+    none hit: <exact P> @ V                     a miss costs only the lookup
+    Post nodes (MatMul with V, DeBERTa's reshape) are linear in P, so scaling
+    after them equals decoding before.
+    """
+    nodes = _mask_i64(hidden, mask)
+    lookup = ir.Node(RUNTIME_DOMAIN, "MemoLookup", [hidden, nodes[-1].outputs[0]], _ref_attrs(),
+                     outputs=[ir.Value(name=n) for n in ("hit_B111", "any_hit", "all_hit", "stored_u16")])
+    hit, any_hit, all_hit, stored = lookup.outputs
+    scale = ir.Node("", "Constant", [], [ir.AttrTensor("value", ir.tensor(np.array(1 / UNORM_MAX, np.float32)))],
+                    outputs=[ir.Value(name="unorm_scale")])
+
+    as_float = ir.Node("", "Cast", [stored], [ir.AttrInt64("to", ir.DataType.FLOAT)], outputs=[ir.Value(name="reuse.P")])
+    reuse_post, reused = copy_slice(post, {**outer, core.output: as_float.outputs[0]}, prefix="reuse.post.")
+    decoded = ir.Node("", "Mul", [reused, scale.outputs[0]], outputs=[ir.Value(name="reuse.context")])
+    reuse_all = _branch("reuse_all", [as_float, *reuse_post, decoded], decoded.outputs[0])
+
+    merge_core, exact = copy_slice(core, outer, prefix="merge.")
+    merge_float = ir.Node("", "Cast", [stored], [ir.AttrInt64("to", ir.DataType.FLOAT)], outputs=[ir.Value(name="merge.P_u")])
+    merge_decoded = ir.Node("", "Mul", [merge_float.outputs[0], scale.outputs[0]], outputs=[ir.Value(name="merge.P_stored")])
+    merged = ir.Node("", "Where", [hit, merge_decoded.outputs[0], exact], outputs=[ir.Value(name="merge.P")])
     merge_post, merged_context = copy_slice(post, {**outer, core.output: merged.outputs[0]}, prefix="merge.post.")
-    inner = ir.Node("", "If", [all_hit], [
-        ir.AttrGraph("then_branch", _branch("reuse_all", reuse_nodes, reused)),
-        ir.AttrGraph("else_branch", _branch("merge", [*merge_nodes, merged, *merge_post], merged_context)),
+    merge = _branch("merge", [*merge_core, merge_float, merge_decoded, merged, *merge_post], merged_context)
+
+    some = ir.Node("", "If", [all_hit], [ir.AttrGraph("then_branch", reuse_all), ir.AttrGraph("else_branch", merge)],
+                   outputs=[ir.Value(name="hit.context", type=_FLOAT)])
+    hit_graph = _branch("hit", [some], some.outputs[0])
+    any_ = ir.Node("", "If", [any_hit], [
+        ir.AttrGraph("then_branch", hit_graph),
+        ir.AttrGraph("else_branch", _exact_graph(core, post, outer, prefix="miss.")),
     ], outputs=[ir.Value(name="lookup.context", type=_FLOAT)])
-    return _branch("lookup", [*nodes, lookup, inner], inner.outputs[0])
+    return _branch("lookup", [*nodes, lookup, scale, any_], any_.outputs[0])
+
+
+def _mask_i64(hidden: ir.Value, mask: ir.Value | None) -> list[ir.Node]:
+    """Nodes computing the int64 [B, S] mask MemoLookup reads (all ones without a mask input)."""
+    if mask is not None:
+        return [ir.Node("", "Cast", [mask], [ir.AttrInt64("to", ir.DataType.INT64)], outputs=[ir.Value(name="mask_i64")])]
+    batch_seq = ir.Node("", "Shape", [hidden], [ir.AttrInt64("end", 2)], outputs=[ir.Value(name="batch_seq")])
+    ones = ir.Node("", "ConstantOfShape", [batch_seq.outputs[0]],
+                   [ir.AttrTensor("value", ir.tensor([1], dtype=ir.DataType.INT64))], outputs=[ir.Value(name="mask_i64")])
+    return [batch_seq, ones]
 
 
 def copy_slice(sl: Slice, outer: dict[ir.Value, ir.Value], *, prefix: str) -> tuple[list[ir.Node], ir.Value]:
