@@ -1,9 +1,10 @@
 """MemoLookup: fetch stored attention probabilities for the sequences that hit.
 
-    hit_B111, any_hit, all_hit, stored_BHSS = MemoLookup(hidden_BSD, mask_BS)
+    hit_B111, any_hit, all_hit, stored_BHSS = MemoLookup(features_BF, mask_BS)
 
-B batch, S sequence, D hidden size, H heads. ``hidden_BSD`` is the layer's
-input (the memo key), ``mask_BS`` the int64 attention mask (1 = real token).
+B batch, S sequence, H heads, F key features. ``features_BF`` is the layer's
+input hidden states pooled natively by the graph (transforms/key_pooling.py),
+``mask_BS`` the int64 attention mask (1 = real token).
 ``hit_B111`` says per sequence whether ``stored_BHSS`` holds its reused
 probabilities; ``any_hit`` / ``all_hit`` (bool[1]) let the graph skip the
 merge when a batch is all-miss or all-hit. ``stored`` is unorm16 (uint16, rows
@@ -23,18 +24,18 @@ _NOTHING = np.zeros((1, 1, 1, 1), dtype=np.uint16)
 _FALSE = np.zeros(1, dtype=bool)
 
 
-def memo_lookup(hidden_BSD: np.ndarray, mask_BS: np.ndarray, *, layer: int, model_id: str):
+def memo_lookup(features_BF: np.ndarray, mask_BS: np.ndarray, *, layer: int, model_id: str):
     memo = registry.memo_for(model_id)
     if memo is None:
-        return _exact(hidden_BSD)
-    hit_B, stored_BHSS = memo.lookup(layer, hidden_BSD, mask_BS)
+        return _exact(features_BF)
+    hit_B, stored_BHSS = memo.lookup(layer, features_BF, mask_BS)
     if not hit_B.any():
-        return _exact(hidden_BSD)
+        return _exact(features_BF)
     return hit_B.reshape(-1, 1, 1, 1), np.ones(1, dtype=bool), np.array([bool(hit_B.all())]), stored_BHSS
 
 
-def _exact(hidden_BSD: np.ndarray, *_inputs, **_attrs):
-    batch = hidden_BSD.shape[0] if hidden_BSD.ndim == 3 else 1
+def _exact(features_BF: np.ndarray, *_inputs, **_attrs):
+    batch = features_BF.shape[0] if features_BF.ndim == 2 else 1
     return np.zeros((batch, 1, 1, 1), dtype=bool), _FALSE, _FALSE, _NOTHING
 
 

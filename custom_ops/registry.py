@@ -20,8 +20,8 @@ class Memo(Protocol):
     def serves(self, layer: int, batch: int, seq_len: int) -> bool:
         """Cheap check before any lookup: is memoization on for this layer and shape?"""
 
-    def lookup(self, layer: int, hidden_BSD: np.ndarray, mask_BS: np.ndarray | None):
-        """Return (hit_B bool[B], stored_BHSS float32) for one batch."""
+    def lookup(self, layer: int, features_BF: np.ndarray, mask_BS: np.ndarray | None):
+        """Return (hit_B bool[B], stored_BHSS uint16 unorm16) for one batch of pooled key features."""
 
 
 _lock = threading.Lock()

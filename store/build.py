@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BUCKETS = (8, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 # F = 8 * 384 / 4 = 768 features for MiniLM: w1 is 768 x 64 floats (192 KB, stays in cache);
 # 16 segments x 192 (3 MB of w1) cost 150-700 us per key, more than a hit saves at S=128.
-DEFAULT_KEY = KeySpec(segments=8, hidden_pool=4, width=64, dim=64)
+DEFAULT_KEY = KeySpec(segments=keys.POOL_SEGMENTS, hidden_pool=keys.POOL_HIDDEN, width=64, dim=64)
 
 
 @dataclasses.dataclass

@@ -24,6 +24,11 @@ from .manifest import KeySpec, StoreError
 
 _WEIGHTS = ("w1", "b1", "w2", "b2")
 
+# The pooling the graph computes natively (attmemo.transforms.key_pooling): a
+# model rewritten by attmemo pools with these, so databases must too.
+POOL_SEGMENTS = 8
+POOL_HIDDEN = 4
+
 
 def feature_size(spec: KeySpec, hidden_size: int) -> int:
     return spec.segments * (hidden_size // spec.hidden_pool)

@@ -166,8 +166,8 @@ def test_reused_probabilities_put_no_mass_on_padding(minilm, built, tokenizer):
         def serves(self, *args):
             return db.serves(*args)
 
-        def lookup(self, layer, hidden_BSD, mask_BS):
-            hit_B, stored_BHSS = db.lookup(layer, hidden_BSD, mask_BS)
+        def lookup(self, layer, features_BF, mask_BS):
+            hit_B, stored_BHSS = db.lookup(layer, features_BF, mask_BS)
             seen.append((hit_B.copy(), stored_BHSS.copy(), mask_BS.copy()))
             return hit_B, stored_BHSS
 

@@ -36,7 +36,7 @@ class GivenProbabilities:
     def serves(self, layer, batch, seq_len):
         return True
 
-    def lookup(self, layer, hidden_BSD, mask_BS):
+    def lookup(self, layer, features_BF, mask_BS):
         self.lookups += 1
         return self.hits.copy(), np.where(self.hits[:, None, None, None], self.stored[layer], 0).astype(np.uint16)
 
@@ -120,7 +120,7 @@ def test_hits_and_misses_of_one_batch_merge_per_sequence(bert, attached):
 def test_a_failing_memo_falls_back_to_the_exact_path(bert, attached):
     """A Python exception inside an onnxruntime-extensions op would abort the process."""
     class Broken(GivenProbabilities):
-        def lookup(self, layer, hidden_BSD, mask_BS):
+        def lookup(self, layer, features_BF, mask_BS):
             raise RuntimeError("disk on fire")
     feeds = padded_feeds(bert["dir"])
     _, exact = record(bert, feeds)

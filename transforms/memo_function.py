@@ -8,7 +8,7 @@ unmodified export (bit-identical), and wraps them so a hit skips them::
 
     use_memo = use_memo_L[layer]          # one MemoGate per model run decides all layers
     context = If(use_memo,
-                 then: hit, all_hit, stored = MemoLookup(hidden, mask)
+                 then: hit, all_hit, stored = MemoLookup(pool(hidden, mask), mask)
                        If(all_hit, then: stored @ V,
                                    else: Where(hit, stored, <exact P>) @ V),
                  else: <exact P> @ V)
@@ -32,6 +32,7 @@ from attmemo.custom_ops.memo_gate import DOMAIN as RUNTIME_DOMAIN
 from attmemo.store.values import UNORM_MAX
 
 from .exclusive_slice import Slice
+from .key_pooling import pooled_features
 
 DOMAIN = "attmemo"
 NAME = "MemoAttention"
@@ -117,7 +118,7 @@ def _exact_graph(core: Slice, post: Slice, outer: dict[ir.Value, ir.Value], *, p
 
 def _lookup_graph(core: Slice, post: Slice, outer: dict[ir.Value, ir.Value],
                   hidden: ir.Value, mask: ir.Value | None) -> ir.Graph:
-    """hit, any_hit, all_hit, P_u16 = MemoLookup(hidden, mask), then one of three paths.
+    """hit, any_hit, all_hit, P_u16 = MemoLookup(pool(hidden, mask), mask), then one of three paths.
 
     all hit:  (P_u16 as float) @ V / 65535      decode scaled on the small result
     some hit: Where(hit, P_u16 / 65535, <exact P>) @ V
@@ -126,7 +127,10 @@ def _lookup_graph(core: Slice, post: Slice, outer: dict[ir.Value, ir.Value],
     after them equals decoding before.
     """
     nodes = _mask_i64(hidden, mask)
-    lookup = ir.Node(RUNTIME_DOMAIN, "MemoLookup", [hidden, nodes[-1].outputs[0]], _ref_attrs(),
+    mask_i64 = nodes[-1].outputs[0]
+    pooling, features = pooled_features(hidden, mask_i64)
+    nodes += pooling
+    lookup = ir.Node(RUNTIME_DOMAIN, "MemoLookup", [features, mask_i64], _ref_attrs(),
                      outputs=[ir.Value(name=n) for n in ("hit_B111", "any_hit", "all_hit", "stored_u16")])
     hit, any_hit, all_hit, stored = lookup.outputs
     scale = ir.Node("", "Constant", [], [ir.AttrTensor("value", ir.tensor(np.array(1 / UNORM_MAX, np.float32)))],
