@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import functools
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from . import keys, manifest as manifest_file
 from .index import KeyIndex
@@ -28,22 +26,6 @@ from .values import ValueFile
 
 log = logging.getLogger(__name__)
 
-
-
-@functools.lru_cache(maxsize=1)
-def _blas_controller() -> ThreadpoolController:
-    return ThreadpoolController()
-
-
-def _single_threaded_blas():
-    """Keep numpy's BLAS on the calling thread during a lookup (16 us per lookup).
-
-    A lookup runs inside onnxruntime's run; OpenBLAS's own worker threads then
-    busy-wait after each small product and steal both cores from onnxruntime:
-    measured at seq 512, baseline 96 -> 72 ms and memo/baseline on misses
-    1.21 -> 1.08 with BLAS kept single-threaded.
-    """
-    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 # What a lookup returns for P when nothing hit: tiny, so no large tensor crosses the bridge.
@@ -133,8 +115,7 @@ class MemoDatabase:
         start = time.perf_counter()
         batch = features_BF.shape[0] if features_BF.ndim == 2 else 1
         try:
-            with _single_threaded_blas():
-                hit_B, stored_BHSS = self._lookup(self._layers[layer], features_BF, mask_BS)
+            hit_B, stored_BHSS = self._lookup(self._layers[layer], features_BF, mask_BS)
         except Exception:  # noqa: BLE001 - the caller is a PyOp; an exception would abort the process
             log.exception("memo lookup failed in layer %s; computing exactly", layer)
             hit_B, stored_BHSS = np.zeros(batch, dtype=bool), NO_PROBS
