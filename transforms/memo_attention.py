@@ -131,23 +131,32 @@ def _post_nodes(graph: ir.Graph, probs: ir.Value, root: ir.Node) -> Slice:
 
 
 def _layer_input(sl: Slice) -> ir.Value | None:
-    """The layer's hidden states: the activation the Q projection reads.
+    """The layer's hidden states [B, S, D]: the activation the Q projection reads.
 
-    Walk up from Q@K^T's query side through the slice, always following the
-    first input that is computed at run time (not a weight or constant).
+    Walk up from Q@K^T's query side, always following the first input that is
+    computed at run time, until a MatMul/Gemm with a constant operand (the
+    projection). The walk may leave the slice: when something outside the slice
+    also reads Q (DeBERTa's legacy export branches on Q's shape in an If), Q is
+    a slice input, but the memo key must still be the layer's input.
     """
     matmuls = [n for n in sl.nodes if n.op_type == "MatMul"]
-    inside = set(sl.nodes)
     # Q@K^T is the last MatMul of the slice (projections come before it).
     value = matmuls[-1].inputs[0] if matmuls else None
-    while value is not None and value.producer() in inside:
-        value = next((v for v in value.producer().inputs if v is not None and not _is_constant(v)), None)
-    return value
+    while value is not None and value.producer() is not None:
+        node = value.producer()
+        activations = [v for v in node.inputs if v is not None and not _is_constant(v)]
+        if node.op_type in ("MatMul", "Gemm") and len(activations) == 1:
+            return activations[0]
+        value = activations[0] if activations else None
+    return None
 
 
 def _is_constant(value: ir.Value) -> bool:
+    """A weight or constant: an initializer, a Constant, or an Identity of one (exporters dedupe weights so)."""
     producer = value.producer()
-    return value.const_value is not None or value.is_initializer() or (
-        producer is not None and producer.op_type == "Constant"
-    )
+    if value.const_value is not None or value.is_initializer():
+        return True
+    if producer is None:
+        return False
+    return producer.op_type == "Constant" or (producer.op_type == "Identity" and _is_constant(producer.inputs[0]))
 
