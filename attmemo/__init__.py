@@ -1,11 +1,12 @@
 """attmemo: attention memoization inside ONNX Runtime.
 
     import attmemo
-    session = attmemo.InferenceSession("model.memo.onnx")
+    session = attmemo.InferenceSession("model.onnx")
     # or, with a plain onnxruntime session:
-    session = onnxruntime.InferenceSession("model.memo.onnx", attmemo.session_options())
+    session = onnxruntime.InferenceSession("model.onnx", attmemo.session_options())
 """
 
 from .session import InferenceSession, session_options
+from .store import MemoDatabaseError
 
-__all__ = ["InferenceSession", "session_options"]
+__all__ = ["InferenceSession", "MemoDatabaseError", "session_options"]

@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from attmemo import custom_ops
 from attmemo.custom_ops import registry
-from attmemo.store import MemoDatabase, StoreError, default_db_dir
+from attmemo.store import MemoDatabase, MemoDatabaseError, default_db_dir
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def session_options(db: str | os.PathLike | None = None,
     """Return ``sess_options`` (or a new SessionOptions) with attmemo's ops registered.
 
     db: a memo database folder to serve from (loaded, validated and attached
-    under its manifest's model id; raises StoreError naming the bad file);
+    under its manifest's model id; raises MemoDatabaseError naming the bad file);
     None attaches nothing.
     """
     so = sess_options if sess_options is not None else ort.SessionOptions()
@@ -69,7 +69,7 @@ class InferenceSession(ort.InferenceSession):
         if self._memo is not None:
             model_id = self.get_modelmeta().custom_metadata_map.get(MODEL_ID_KEY)
             if model_id != self._memo.model_id:
-                raise StoreError(f"{db}: built for model {self._memo.model_id}, but this model is {model_id}; "
+                raise MemoDatabaseError(f"{db}: built for model {self._memo.model_id}, but this model is {model_id}; "
                                  "rebuild the database for this model with attmemo build-db.")
             registry.attach(model_id, self._memo)
             log.info("serving %s from memo database %s", model_id, db)

@@ -11,6 +11,6 @@ embedding and indexes per layer), build (the whole build, atomic).
 """
 
 from .database import MemoDatabase, default_db_dir
-from .manifest import StoreError
+from .manifest import MemoDatabaseError
 
-__all__ = ["MemoDatabase", "StoreError", "default_db_dir"]
+__all__ = ["MemoDatabase", "MemoDatabaseError", "default_db_dir"]

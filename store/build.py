@@ -37,7 +37,7 @@ import numpy as np
 from . import augment, keys, manifest as manifest_file, values
 from .corpus import iter_texts
 from .database import default_db_dir, layer_dir, lengths_file
-from .manifest import KeySpec, Manifest, StoreError
+from .manifest import KeySpec, Manifest, MemoDatabaseError
 from .recorder import Recorder, load_tokenizer
 from .train import Corpus, KeyTraining, TrainingPlan, train_and_index
 
@@ -88,7 +88,7 @@ def build_database(model_path: str | Path, corpus: str | Path, *, out: str | Pat
     """Build the memo database of the MemoAttention model ``model_path`` from ``corpus``.
 
     Writes ``out`` (default: ``default_db_dir(model_path)``), replacing any
-    database there only once the new one is complete. Raises StoreError (a
+    database there only once the new one is complete. Raises MemoDatabaseError (a
     ValueError) or FileNotFoundError with a one-sentence message.
     """
     model_path, out = Path(model_path), Path(out) if out is not None else default_db_dir(model_path)
@@ -96,9 +96,9 @@ def build_database(model_path: str | Path, corpus: str | Path, *, out: str | Pat
         raise FileNotFoundError(f"{model_path}: no such model file; give the MemoAttention .onnx model.")
     values.codec(dtype)
     if not 0 < threshold <= 1:
-        raise StoreError(f"threshold {threshold} is outside (0, 1]; 0.9 reuses only near-identical attention.")
+        raise MemoDatabaseError(f"threshold {threshold} is outside (0, 1]; 0.9 reuses only near-identical attention.")
     if out.exists() and not (out / manifest_file.FILENAME).is_file():
-        raise StoreError(f"{out}: exists and is not an attmemo database; choose another --out or remove it.")
+        raise MemoDatabaseError(f"{out}: exists and is not an attmemo database; choose another --out or remove it.")
     buckets = tuple(b for b in sorted(buckets) if b < max_length) + (max_length,)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
@@ -127,7 +127,7 @@ def _build(model_path, corpus, db: Path, scratch: Path, *, out, max_length, limi
 
     texts = _plan_rows(np.array([len(ids) for ids in token_ids()], np.int32), buckets, db)
     if len(texts.lengths) == 0:
-        raise StoreError(f"{corpus}: the corpus has no non-empty text.")
+        raise MemoDatabaseError(f"{corpus}: the corpus has no non-empty text.")
     plan = TrainingPlan(len(texts.lengths), training)
     seconds["tokenize"] = time.perf_counter() - start
 
@@ -188,7 +188,7 @@ def _record(recorder: Recorder, token_ids, db: Path, scratch: Path, *, texts: Co
     try:
         for i, ids in enumerate(token_ids):
             if len(ids) != texts.lengths[i]:
-                raise StoreError("the corpus changed while building (a text's length differs between passes).")
+                raise MemoDatabaseError("the corpus changed while building (a text's length differs between passes).")
             b = int(texts.bucket_of[i])
             records = recorder.run(ids)
             for layer, (hidden_nD, probs_Hnn) in records.items():

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from .manifest import StoreError
+from .manifest import MemoDatabaseError
 
 
 def iter_texts(path: str | Path, *, limit: int | None = None) -> Iterator[str]:
@@ -29,7 +29,7 @@ def _texts(path: Path) -> Iterator[str]:
     if path.is_dir():
         files = sorted(path.rglob("*.txt"))
         if not files:
-            raise StoreError(f"{path}: the folder has no .txt files; put one text per .txt file in it.")
+            raise MemoDatabaseError(f"{path}: the folder has no .txt files; put one text per .txt file in it.")
         for file in files:
             yield file.read_text(encoding="utf-8", errors="replace")
     elif path.suffix == ".jsonl":
@@ -38,7 +38,7 @@ def _texts(path: Path) -> Iterator[str]:
         with open(path, encoding="utf-8", errors="replace") as f:
             yield from f
     else:
-        raise StoreError(f"{path}: unknown corpus format; use a .txt (one text per line), "
+        raise MemoDatabaseError(f"{path}: unknown corpus format; use a .txt (one text per line), "
                          "a .jsonl with a \"text\" field, or a folder of .txt files.")
 
 
@@ -50,7 +50,7 @@ def _jsonl(path: Path) -> Iterator[str]:
             try:
                 text = json.loads(line)["text"]
             except (ValueError, KeyError, TypeError) as error:
-                raise StoreError(f"{path}:{number}: not a JSON object with a \"text\" field ({error}).") from error
+                raise MemoDatabaseError(f"{path}:{number}: not a JSON object with a \"text\" field ({error}).") from error
             if not isinstance(text, str):
-                raise StoreError(f"{path}:{number}: \"text\" is not a string.")
+                raise MemoDatabaseError(f"{path}:{number}: \"text\" is not a string.")
             yield text

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import keys, manifest as manifest_file
 from .index import KeyIndex
-from .manifest import Manifest, StoreError
+from .manifest import Manifest, MemoDatabaseError
 from .policy import HitPolicy
 from .stats import MemoStats
 from .values import ValueFile
@@ -78,11 +78,11 @@ class MemoDatabase:
 
     @classmethod
     def open(cls, folder: str | Path, *, verify_checksums: bool = False) -> MemoDatabase:
-        """Load and validate ``folder``; raise StoreError naming the file at fault."""
+        """Load and validate ``folder``; raise MemoDatabaseError naming the file at fault."""
         folder = Path(folder)
         manifest = manifest_file.load(folder, verify_checksums=verify_checksums)
         if (manifest.key.segments, manifest.key.hidden_pool) != (keys.POOL_SEGMENTS, keys.POOL_HIDDEN):
-            raise StoreError(f"{folder}: keys pool {manifest.key.segments} segments x {manifest.key.hidden_pool} "
+            raise MemoDatabaseError(f"{folder}: keys pool {manifest.key.segments} segments x {manifest.key.hidden_pool} "
                              f"units, but models pool {keys.POOL_SEGMENTS} x {keys.POOL_HIDDEN}; "
                              "rebuild the database with this attmemo.")
         lengths = {b: _load_lengths(folder / lengths_file(b), count) for b, count in manifest.buckets.items()}
@@ -171,8 +171,8 @@ def _load_lengths(path: Path, count: int) -> np.ndarray:
     try:
         lengths = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
-        raise StoreError(f"{path}: unreadable length table ({error}); rebuild the database.") from error
+        raise MemoDatabaseError(f"{path}: unreadable length table ({error}); rebuild the database.") from error
     if lengths.shape != (count,) or lengths.dtype.kind not in "iu":
-        raise StoreError(f"{path}: expected {count} integer lengths, found {lengths.dtype}{list(lengths.shape)}; "
+        raise MemoDatabaseError(f"{path}: expected {count} integer lengths, found {lengths.dtype}{list(lengths.shape)}; "
                          "rebuild the database.")
     return lengths

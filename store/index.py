@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from annoy import AnnoyIndex
 
-from .manifest import StoreError
+from .manifest import MemoDatabaseError
 
 LENGTH_SCALE = 1.0
 METRIC = "euclidean"
@@ -43,9 +43,9 @@ class KeyIndex:
         try:
             self._index.load(str(path))
         except OSError as error:
-            raise StoreError(f"{path}: unreadable Annoy index ({error}); rebuild the database.") from error
+            raise MemoDatabaseError(f"{path}: unreadable Annoy index ({error}); rebuild the database.") from error
         if self._index.get_n_items() != count:
-            raise StoreError(f"{path}: {self._index.get_n_items()} items, the manifest says {count}; "
+            raise MemoDatabaseError(f"{path}: {self._index.get_n_items()} items, the manifest says {count}; "
                              "rebuild the database.")
 
     def nearest(self, key_K: np.ndarray, length: int) -> tuple[int, float]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import KeySpec, StoreError
+from .manifest import KeySpec, MemoDatabaseError
 
 _WEIGHTS = ("w1", "b1", "w2", "b2")
 
@@ -97,10 +97,10 @@ class KeyEmbedding:
             try:
                 arrays[name] = np.load(path, allow_pickle=False).astype(np.float32, copy=False)
             except (OSError, ValueError) as error:
-                raise StoreError(f"{path}: unreadable key-embedding weights ({error}); "
+                raise MemoDatabaseError(f"{path}: unreadable key-embedding weights ({error}); "
                                  "rebuild the database.") from error
         key = cls(**arrays)
         width, dim = key.w1.shape[1], key.w2.shape[1]
         if key.b1.shape != (width,) or key.w2.shape[0] != width or key.b2.shape != (dim,):
-            raise StoreError(f"{folder}: key-embedding weights have inconsistent shapes; rebuild the database.")
+            raise MemoDatabaseError(f"{folder}: key-embedding weights have inconsistent shapes; rebuild the database.")
         return key

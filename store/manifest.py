@@ -23,7 +23,7 @@ SCHEMA_VERSION = 1
 FILENAME = "manifest.json"
 
 
-class StoreError(ValueError):
+class MemoDatabaseError(ValueError):
     """A database folder that cannot be used; the message names the file and what to do."""
 
 
@@ -58,7 +58,7 @@ class Manifest:
         try:
             data = json.loads(text)
             if data.get("schema_version") != SCHEMA_VERSION:
-                raise StoreError(f"{where}: schema version {data.get('schema_version')!r} is not "
+                raise MemoDatabaseError(f"{where}: schema version {data.get('schema_version')!r} is not "
                                  f"{SCHEMA_VERSION}; rebuild the database with this attmemo (attmemo build-db).")
             return cls(model_id=str(data["model_id"]),
                        layers={int(k): int(v) for k, v in data["layers"].items()},
@@ -66,10 +66,10 @@ class Manifest:
                        dtype=str(data["dtype"]), threshold=float(data["threshold"]),
                        key=KeySpec(**data["key"]), corpus=dict(data["corpus"]),
                        files={str(k): dict(v) for k, v in data["files"].items()})
-        except StoreError:
+        except MemoDatabaseError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise StoreError(f"{where}: not a valid attmemo manifest ({type(error).__name__}: {error}); "
+            raise MemoDatabaseError(f"{where}: not a valid attmemo manifest ({type(error).__name__}: {error}); "
                              "rebuild the database with attmemo build-db.") from error
 
 
@@ -82,23 +82,23 @@ def write(manifest: Manifest, folder: Path) -> None:
 
 
 def load(folder: str | Path, *, verify_checksums: bool = False) -> Manifest:
-    """Read and validate ``folder/manifest.json``; raise StoreError naming the offending file."""
+    """Read and validate ``folder/manifest.json``; raise MemoDatabaseError naming the offending file."""
     folder = Path(folder)
     path = folder / FILENAME
     if not folder.is_dir():
-        raise StoreError(f"{folder}: no such database folder; build one with attmemo build-db.")
+        raise MemoDatabaseError(f"{folder}: no such database folder; build one with attmemo build-db.")
     if not path.is_file():
-        raise StoreError(f"{path}: missing, so {folder} is not an attmemo database; build one with attmemo build-db.")
+        raise MemoDatabaseError(f"{path}: missing, so {folder} is not an attmemo database; build one with attmemo build-db.")
     manifest = Manifest.from_json(path.read_text(), where=path)
     for name, entry in manifest.files.items():
         file = folder / name
         if not file.is_file():
-            raise StoreError(f"{file}: listed in the manifest but missing; rebuild the database.")
+            raise MemoDatabaseError(f"{file}: listed in the manifest but missing; rebuild the database.")
         if file.stat().st_size != entry["bytes"]:
-            raise StoreError(f"{file}: {file.stat().st_size} bytes, the manifest says {entry['bytes']}; "
+            raise MemoDatabaseError(f"{file}: {file.stat().st_size} bytes, the manifest says {entry['bytes']}; "
                              "the database is damaged, rebuild it.")
         if verify_checksums and _sha256(file) != entry["sha256"]:
-            raise StoreError(f"{file}: checksum differs from the manifest; the database is damaged, rebuild it.")
+            raise MemoDatabaseError(f"{file}: checksum differs from the manifest; the database is damaged, rebuild it.")
     return manifest
 
 

