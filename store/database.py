@@ -73,8 +73,10 @@ class MemoDatabase:
         self.policy = HitPolicy(manifest.threshold)
         self.stats = MemoStats()
         self._bucket_lengths = sorted(manifest.buckets)
-        stored = [b.lengths.min() for layer in layers.values() for b in layer.buckets.values() if len(b.lengths)]
-        self._min_length = int(min(stored)) if stored else None
+        # A hit needs a stored entry of the query's exact true length (policy.py).
+        self._lengths = frozenset(int(n) for layer in layers.values() for b in layer.buckets.values()
+                                  for n in np.unique(b.lengths))
+        self._min_length = min(self._lengths, default=None)
 
     @classmethod
     def open(cls, folder: str | Path, *, verify_checksums: bool = False) -> MemoDatabase:
@@ -102,8 +104,22 @@ class MemoDatabase:
     def model_id(self) -> str:
         return self.manifest.model_id
 
+    @property
+    def stored_lengths(self) -> frozenset[int]:
+        """True token counts of the stored entries (a lookup can only hit one of these)."""
+        return self._lengths
+
     def serves(self, layer: int, batch: int, seq_len: int) -> bool:
-        return layer in self._layers and self._min_length is not None and seq_len >= self._min_length
+        """Whether a lookup can hit: asked once per run, before any layer, from the input shape.
+
+        An unpadded sequence (batch 1) can only hit entries of its own length, so
+        a length the corpus never had switches every lookup off and the run costs
+        what the model without a database costs. A padded batch holds shorter
+        sequences too, so any stored length up to ``seq_len`` keeps lookups on.
+        """
+        if layer not in self._layers or self._min_length is None:
+            return False
+        return seq_len in self._lengths if batch == 1 else seq_len >= self._min_length
 
     def lookup(self, layer: int, features_BF: np.ndarray, mask_BS: np.ndarray):
         """(hit_B bool[B], stored_BHSS uint16[B, H, S, S] in unorm16, see values.py).

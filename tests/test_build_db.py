@@ -139,6 +139,18 @@ def test_unrelated_texts_miss_and_are_exact(memo_session, plain_session, tokeniz
     assert _hits(memo_session) == [0] * LAYERS
 
 
+def test_a_length_no_stored_text_has_costs_no_lookup(minilm, built, memo_session, plain_session, tokenizer):
+    """Unpadded inputs can only hit entries of their own length: others skip the lookup entirely."""
+    stored = MemoDatabase.open(built[0]).stored_lengths
+    words = "the cat sat on the mat and looked at the news".split()
+    text = next(t for t in (" ".join(words[:k]) for k in range(1, len(words) + 1))
+                if len(tokenizer(t)["input_ids"]) not in stored)
+    before = memo_session.memo_stats()
+    feed = _feed(tokenizer, [text])
+    np.testing.assert_allclose(_tokens(memo_session, feed), _tokens(plain_session, feed), atol=1e-5)
+    assert memo_session.memo_stats() == before
+
+
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_mixed_padded_batch_is_right_per_sequence(memo_session, plain_session, tokenizer, side):
     # a short member headline padded up to an unrelated document's length, and the document itself
