@@ -118,8 +118,12 @@ def _save(graph, path: Path) -> Path:
     return path
 
 
-def _attention_graph(*, softmax_axis: int = -1, probs_as_output: bool = False, transpose_k: bool = True):
-    """hidden [B,S,8] -> 2 heads of 4: Softmax(Q·K^T / 2) · V, with weights as initializers."""
+def _attention_graph(*, softmax_axis: int = -1, probs_as_output: bool = False, transpose_k: bool = True,
+                     nan_guard: bool = False):
+    """hidden [B,S,8] -> 2 heads of 4: Softmax(Q·K^T / 2) · V, with weights as initializers.
+
+    nan_guard: Where(IsNaN(P), 0, P) after the Softmax, as SDPA exports of some versions emit.
+    """
     rng = np.random.default_rng(0)
     inits = [helper.make_tensor(n, TensorProto.FLOAT, [8, 8], rng.normal(size=64).astype(np.float32))
              for n in ("wq", "wk", "wv")]
@@ -135,8 +139,12 @@ def _attention_graph(*, softmax_axis: int = -1, probs_as_output: bool = False, t
         nodes.append(helper.make_node("Transpose", ["k_BHSd"], ["k_BHdS"], perm=[0, 1, 3, 2]))
     nodes += [helper.make_node("MatMul", ["q_BHSd", key], ["scores"]),
               helper.make_node("Div", ["scores", "two"], ["scaled"]),
-              helper.make_node("Softmax", ["scaled"], ["probs"], axis=softmax_axis),
-              helper.make_node("MatMul", ["probs", "v_BHSd"], ["context"])]
+              helper.make_node("Softmax", ["scaled"], ["probs"], axis=softmax_axis)]
+    if nan_guard:
+        inits.append(helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]))
+        nodes += [helper.make_node("IsNaN", ["probs"], ["is_nan"]),
+                  helper.make_node("Where", ["is_nan", "zero", "probs"], ["guarded"])]
+    nodes.append(helper.make_node("MatMul", ["guarded" if nan_guard else "probs", "v_BHSd"], ["context"]))
     outputs = [helper.make_tensor_value_info("context", TensorProto.FLOAT, ["B", 2, "S", 4])]
     if probs_as_output:
         outputs.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["B", 2, "S", "S"]))
@@ -144,9 +152,11 @@ def _attention_graph(*, softmax_axis: int = -1, probs_as_output: bool = False, t
     return helper.make_graph(nodes, "attention", [hidden], outputs, inits)
 
 
-def test_hand_written_attention_is_rewritten(tmp_path):
-    src = _save(_attention_graph(), tmp_path / "att.onnx")
+@pytest.mark.parametrize("nan_guard", [False, True])
+def test_hand_written_attention_is_rewritten(nan_guard, tmp_path):
+    src = _save(_attention_graph(nan_guard=nan_guard), tmp_path / "att.onnx")
     assert transform_file(src, tmp_path / "memo.onnx").rewritten == 1
+    assert ops(tmp_path / "memo.onnx")["IsNaN"] == 0  # the guard moved into the function too
     x = np.random.default_rng(1).normal(size=(2, 5, 8)).astype(np.float32)
     want = ort.InferenceSession(str(src)).run(None, {"hidden": x})[0]
     got = attmemo.InferenceSession(str(tmp_path / "memo.onnx")).run(None, {"hidden": x})[0]
