@@ -7,7 +7,7 @@ import logging
 
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
-from onnx_ir.passes.common import RemoveUnusedNodesPass, RemoveUnusedOpsetsPass
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from attmemo.custom_ops.memo_gate import DOMAIN as RUNTIME_DOMAIN
 

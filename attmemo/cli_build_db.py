@@ -1,0 +1,78 @@
+"""``attmemo build-db``: build a memo database and print what it holds (the CLI prints; the store logs)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def build_db(args) -> int:
+    from attmemo.store.build import build_database, default_db_dir
+
+    if args.max_length < 2:
+        raise ValueError(f"--max-length {args.max_length} is too short; give at least 2 tokens.")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit {args.limit} selects no text; give a positive number.")
+    out = Path(args.out) if args.out else default_db_dir(args.model)
+    print(f"building the memo database of {args.model} from {args.corpus} into {out} ...", flush=True)
+    report = build_database(args.model, args.corpus, out=out, max_length=args.max_length, limit=args.limit,
+                            threshold=args.threshold, dtype=args.dtype, progress=_build_progress())
+    _print_build_report(report)
+    _print_self_check(args.model, args.corpus, out, max_length=args.max_length)
+    return 0
+
+
+def _build_progress():
+    interactive = sys.stdout.isatty()
+    shown = {"record": -1, "train": -1}
+
+    def show(p) -> None:
+        label = "recording" if p.stage == "record" else "training key embeddings"
+        unit = "texts" if p.stage == "record" else "layers"
+        line = f"{label}: {p.done}/{p.total} {unit}, {p.per_second:.1f} {unit}/s, ETA {p.eta_seconds:.0f} s"
+        tenth = 10 * p.done // p.total
+        if interactive:
+            print(f"\r{line}   ", end="" if p.done < p.total else "\n", flush=True)
+        elif tenth > shown[p.stage]:
+            shown[p.stage] = tenth
+            print(line, flush=True)
+    return show
+
+
+def _print_build_report(report) -> None:
+    seconds = report.seconds
+    print(f"{report.texts} texts in {len(report.buckets)} length buckets "
+          f"({', '.join(f'{b}: {n}' for b, n in sorted(report.buckets.items()))}), {len(report.heads)} layers")
+    for layer, t in sorted(report.training.items()):
+        print(f"layer {layer}: key embedding trained in {t.seconds:.1f} s on {t.train_pairs} pairs; "
+              f"held-out pairs {t.heldout_pairs}: Spearman {t.spearman:.3f}, mean |error| {t.heldout_mae:.3f}")
+    print(f"stored attention: {report.value_bytes_per_entry / 1024:.0f} KiB per text and layer "
+          f"({report.value_bytes_per_entry / report.padded_fp32_bytes_per_entry:.1%} of a padded fp32 matrix, "
+          f"{report.value_bytes_per_entry / report.exact_fp32_bytes_per_entry:.1%} of an unpadded fp32 one)")
+    print(f"database: {report.bytes_on_disk / 2**20:.1f} MiB on disk; built in {sum(seconds.values()):.1f} s "
+          f"(recording {seconds['record']:.1f} s, training and indexing {seconds['train_and_index']:.1f} s)")
+    print(f"wrote {report.out}")
+
+
+def _print_self_check(model: str, corpus: str, db: Path, *, max_length: int, texts: int = 3) -> None:
+    """Run the first corpus texts through the model with the new database and print its counters."""
+    import numpy as np
+    import onnx
+
+    from attmemo import InferenceSession
+    from attmemo.store.corpus import iter_texts
+    from attmemo.store.recorder import load_tokenizer
+
+    metadata = {p.key: p.value for p in onnx.load(model, load_external_data=False).metadata_props}
+    tokenizer = load_tokenizer(Path(model), metadata)
+    session = InferenceSession(model, db=db)
+    names = {i.name for i in session.get_inputs()}
+    for text in iter_texts(corpus, limit=texts):
+        feed = dict(tokenizer(text, truncation=True, max_length=max_length, return_tensors="np"))
+        session.run(None, {k: v.astype(np.int64) for k, v in feed.items() if k in names})
+    stats = session.memo_stats()
+    hits = ", ".join(f"L{layer} {s['hits']}/{s['lookups']}" for layer, s in stats.items())
+    lookups = max(1, sum(s["lookups"] for s in stats.values()))
+    lookup_ms = 1e3 * sum(s["lookup_seconds"] for s in stats.values()) / lookups
+    print(f"check: first corpus texts through attmemo.InferenceSession: hits {hits}; "
+          f"{lookup_ms:.2f} ms per lookup")
