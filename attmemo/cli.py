@@ -85,9 +85,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="stored probability format (default: unorm16, fastest to read)")
     _add_verbosity(p)
 
+    p = sub.add_parser("verify-db", help="check every file of a memo database, value stores included")
+    p.add_argument("db", help="database folder (written by attmemo build-db)")
+    _add_verbosity(p)
+
     args = parser.parse_args(argv)
-    from attmemo.cli_build_db import build_db
-    commands = {"transform": _transform, "bench": _bench, "demo": _demo, "build-db": build_db}
+    from attmemo.cli_build_db import build_db, verify_db
+    commands = {"transform": _transform, "bench": _bench, "demo": _demo, "build-db": build_db,
+                "verify-db": verify_db}
     return _guarded(lambda: commands[args.command](args), args)
 
 
