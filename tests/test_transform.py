@@ -190,22 +190,39 @@ def test_classifier_softmax_gives_a_clear_error(tmp_path):
     assert "its probabilities are a model output" in message
 
 
-def test_partial_rewrite_needs_consent(tmp_path):
-    """Two attention blocks, the second exposes its probabilities: 1 of 2 layers rewritable."""
-    g1 = _attention_graph()
-    g2 = _attention_graph(probs_as_output=True)
-    for node in g2.node:  # second block reads the first block's output
-        node.input[:] = [("l2." + i if i not in ("hidden",) else "context_BSD") for i in node.input]
+def _two_blocks(first, second):
+    """Chain two hand-written attention blocks: the second reads the first's output."""
+    for node in second.node:
+        node.input[:] = [("l2." + i if i != "hidden" else "context_BSD") for i in node.input]
         node.output[:] = ["l2." + o for o in node.output]
     reshape_back = [helper.make_node("Transpose", ["context"], ["context_BSHd"], perm=[0, 2, 1, 3]),
                     helper.make_node("Reshape", ["context_BSHd", "flat"], ["context_BSD"])]
-    inits = list(g1.initializer) + [helper.make_tensor("flat", TensorProto.INT64, [3], [0, 0, 8])]
-    inits += [helper.make_tensor("l2." + t.name, t.data_type, t.dims, t.raw_data, raw=True) if t.raw_data
-              else helper.make_tensor("l2." + t.name, t.data_type, t.dims,
-                                      list(t.float_data) or list(t.int64_data)) for t in g2.initializer]
-    outs = [helper.make_tensor_value_info("l2.context", TensorProto.FLOAT, ["B", 2, "S", 4]),
-            helper.make_tensor_value_info("l2.probs", TensorProto.FLOAT, ["B", 2, "S", "S"])]
-    graph = helper.make_graph(list(g1.node) + reshape_back + list(g2.node), "two", list(g1.input), outs, inits)
+    inits = list(first.initializer) + [helper.make_tensor("flat", TensorProto.INT64, [3], [0, 0, 8])]
+    for t in second.initializer:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(t)
+        copy.name = "l2." + t.name
+        inits.append(copy)
+    outs = [helper.make_tensor_value_info("l2." + o.name, TensorProto.FLOAT, None) for o in second.output]
+    for out, original in zip(outs, second.output):
+        out.type.CopyFrom(original.type)
+    return helper.make_graph(list(first.node) + reshape_back + list(second.node), "two", list(first.input), outs, inits)
+
+
+def test_layers_with_different_bodies_get_overloads(tmp_path):
+    """Block 2 has a NaN guard block 1 lacks: two function overloads, one per body, and still exact."""
+    src = _save(_two_blocks(_attention_graph(), _attention_graph(nan_guard=True)), tmp_path / "two.onnx")
+    assert transform_file(src, tmp_path / "memo.onnx").rewritten == 2
+    assert len(onnx.load(str(tmp_path / "memo.onnx")).functions) == 2
+    x = np.random.default_rng(2).normal(size=(2, 5, 8)).astype(np.float32)
+    want = ort.InferenceSession(str(src)).run(None, {"hidden": x})[0]
+    got = attmemo.InferenceSession(str(tmp_path / "memo.onnx")).run(None, {"hidden": x})[0]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_partial_rewrite_needs_consent(tmp_path):
+    """Two attention blocks, the second exposes its probabilities: 1 of 2 layers rewritable."""
+    graph = _two_blocks(_attention_graph(), _attention_graph(probs_as_output=True))
     src = _save(graph, tmp_path / "two.onnx")
     with pytest.raises(TransformError, match="rewrote 1 of 2 .*--allow-partial"):
         transform_file(src, tmp_path / "memo.onnx")
