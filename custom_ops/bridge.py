@@ -63,10 +63,22 @@ def _hook(k_id, feed, attributes):
     try:
         outputs = opdef.body(*feed, **attrs)
         packed = _pack(outputs, dtypes)
-    except Exception:  # noqa: BLE001 - same reason
-        log.exception("attmemo op %s failed; taking the exact path", opdef.op_type)
+    except Exception as error:  # noqa: BLE001 - same reason
+        _log_once(opdef.op_type, error)
         packed = _pack(fallback(*feed, **attrs), dtypes)
     return (k_id, *packed)
+
+
+_logged: set[tuple[str, type]] = set()
+
+
+def _log_once(op_type: str, error: Exception) -> None:
+    """An op runs per layer per request: log each kind of failure once, not thousands of times."""
+    key = (op_type, type(error))
+    if key not in _logged:
+        _logged.add(key)
+        log.error("attmemo op %s failed (%s); taking the exact path from now on whenever it fails",
+                  op_type, error, exc_info=error)
 
 
 def _pack(outputs, dtypes) -> list:

@@ -72,6 +72,7 @@ class MemoDatabase:
         self.folder, self.manifest, self._layers = folder, manifest, layers
         self.policy = HitPolicy(manifest.threshold)
         self.stats = MemoStats()
+        self._failures: set[tuple[int, type]] = set()
         self._bucket_lengths = sorted(manifest.buckets)
         # A hit needs a stored entry of the query's exact true length (policy.py).
         self._lengths = frozenset(int(n) for layer in layers.values() for b in layer.buckets.values()
@@ -132,8 +133,10 @@ class MemoDatabase:
         batch = features_BF.shape[0] if features_BF.ndim == 2 else 1
         try:
             hit_B, stored_BHSS = self._lookup(self._layers[layer], features_BF, mask_BS)
-        except Exception:  # noqa: BLE001 - the caller is a PyOp; an exception would abort the process
-            log.exception("memo lookup failed in layer %s; computing exactly", layer)
+        except Exception as error:  # noqa: BLE001 - the caller is a PyOp; an exception would abort the process
+            if (layer, type(error)) not in self._failures:  # once per kind: lookups run per layer per request
+                self._failures.add((layer, type(error)))
+                log.error("memo lookup failed in layer %s (%s); computing exactly", layer, error, exc_info=error)
             hit_B, stored_BHSS = np.zeros(batch, dtype=bool), NO_PROBS
         self.stats.record(layer, lookups=batch, hits=int(hit_B.sum()), seconds=time.perf_counter() - start)
         return hit_B, stored_BHSS
