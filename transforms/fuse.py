@@ -40,7 +40,9 @@ def fuse_memo_attention(model: ir.Model) -> int:
     if count == 0:
         return 0
     _add_functions(model, rule.calls)
-    memo_function.add_gate(graph, [node for node, _ in rule.calls], model_id=model_id)
+    calls = [node for node, _ in rule.calls]
+    memo_function.add_gate(graph, calls, model_id=model_id)
+    memo_function.chain_layers(graph, calls)
     RemoveUnusedNodesPass()(model)
     graph.opset_imports[memo_function.DOMAIN] = memo_function.OPSET_VERSION
     graph.opset_imports[RUNTIME_DOMAIN] = 1

@@ -96,7 +96,8 @@ class MemoAttentionRule(pattern.RewriteRuleClassBase):
         function, actuals = memo_function.build_function(
             core, post, hidden=hidden, mask=self._mask, opset_imports=self._opset_imports
         )
-        context = op.MemoAttention(*actuals, _domain=memo_function.DOMAIN, layer=layer, model_id=self._model_id)
+        context, _still = op.MemoAttention(*actuals, _domain=memo_function.DOMAIN, _outputs=2,
+                                           layer=layer, model_id=self._model_id)
         self.calls.append((context.producer(), function))
         log.debug("layer %d: %d nodes moved into MemoAttention", layer, len(core.nodes) + len(post.nodes))
         return context

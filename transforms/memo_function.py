@@ -1,18 +1,18 @@
 """The body of the ``attmemo::MemoAttention`` function.
 
-    context = MemoAttention(hidden_BSD, mask_BS, use_memo_L, *weights_values_and_shared_inputs)
+    context, still_out = MemoAttention(hidden_BSD, mask_BS, use_memo_L, still_in, *weights_values_and_shared_inputs)
 
 B batch, S sequence, D hidden size, H heads. The body keeps the model's own
 nodes for the exact computation, so a miss runs the same native kernels as the
 unmodified export (bit-identical), and wraps them so a hit skips them::
 
-    use_memo = use_memo_L[layer]          # one MemoGate per model run decides all layers
-    context = If(use_memo,
+    use_memo = use_memo_L[layer] and still_in  # one MemoGate per run; a layer where nothing hit ends lookups
+    context, still_out = If(use_memo,
                  then: hit, any, all, P* = MemoLookup(pool(hidden, mask), mask)   # P* uint16
                        If(any, then: If(all, then: P* @ V / 65535,
                                              else: Where(hit, P* / 65535, <exact P>) @ V),
-                               else: <exact P> @ V),
-                 else: <exact P> @ V)
+                               else: <exact P> @ V),           still_out = any
+                 else: <exact P> @ V)                                    still_out = still_in
 
 ``If`` runs only the branch it takes, so with no database (or with a layer
 switched off) the cost is one If per layer plus one tiny Python call per run. The If
@@ -54,27 +54,46 @@ def build_function(
     value core and post read.
     """
     others = [v for v in dict.fromkeys([*core.inputs, *post.inputs]) if v is not hidden and v is not mask]
-    # Slot 2 is the model-wide gate output; fuse.py connects it (see add_gate).
-    actuals: list[ir.Value | None] = [hidden, mask, None, *others]
+    # Slots 2 and 3 are the model-wide gate and the previous layer's "still hitting"
+    # flag; fuse.py connects them (add_gate, chain_layers).
+    actuals: list[ir.Value | None] = [hidden, mask, None, None, *others]
     formals = [ir.Value(name=f"in{i}", type=v.type if v else None, shape=v.shape if v else None)
                for i, v in enumerate(actuals)]
     outer = {actual: formal for actual, formal in zip(actuals, formals) if actual is not None}
-    f_hidden, f_mask, f_gate = formals[0], formals[1] if mask is not None else None, formals[2]
+    f_hidden, f_mask, f_gate, f_still = formals[0], formals[1] if mask is not None else None, formals[2], formals[3]
 
     index = ir.Node("", "Constant", [], [ir.RefAttr("value_int", "layer", ir.AttributeType.INT)],
                     outputs=[ir.Value(name="layer_index")])
-    use_memo = ir.Node("", "Gather", [f_gate, index.outputs[0]], outputs=[ir.Value(name="use_memo")])
+    flag = ir.Node("", "Gather", [f_gate, index.outputs[0]], outputs=[ir.Value(name="layer_flag")])
+    use_memo = ir.Node("", "And", [flag.outputs[0], f_still], outputs=[ir.Value(name="use_memo")])
     context = ir.Value(name="context", type=_FLOAT)
+    still = ir.Value(name="still_hitting", type=ir.TensorType(ir.DataType.BOOL))
     branch = ir.Node("", "If", [use_memo.outputs[0]], [
         ir.AttrGraph("then_branch", _lookup_graph(core, post, outer, f_hidden, f_mask)),
-        ir.AttrGraph("else_branch", _exact_graph(core, post, outer)),
-    ], outputs=[context])
+        ir.AttrGraph("else_branch", _exact_graph(core, post, outer, still=f_still)),
+    ], outputs=[context, still])
 
     used = dict(opset_imports)
     used[RUNTIME_DOMAIN] = 1
-    graph = ir.Graph(formals, [context], nodes=[index, use_memo, branch], opset_imports=used)
+    graph = ir.Graph(formals, [context, still], nodes=[index, flag, use_memo, branch], opset_imports=used)
     attributes = [ir.Attr("layer", ir.AttributeType.INT, 0), ir.Attr("model_id", ir.AttributeType.STRING, "")]
     return ir.Function(DOMAIN, NAME, "", graph=graph, attributes=attributes), actuals
+
+
+def chain_layers(graph: ir.Graph, calls: list[ir.Node]) -> None:
+    """Connect each layer's "still hitting" output to the next layer's input.
+
+    A batch in which no sequence hit in one memoized layer skips the lookups
+    of all later layers: on inputs with no near-duplicate stored (the common
+    case on diverse text) a run pays one lookup, not one per layer.
+    """
+    start = ir.Node("", "Constant", [], [ir.AttrTensor("value", ir.tensor(np.array([True])))],
+                    outputs=[ir.Value(name="attmemo.still_hitting", type=ir.TensorType(ir.DataType.BOOL))])
+    graph.insert_before(calls[0], start)
+    previous = start.outputs[0]
+    for call in calls:
+        call.replace_input_with(3, previous)
+        previous = call.outputs[1]
 
 
 def add_gate(graph: ir.Graph, calls: list[ir.Node], *, model_id: str) -> ir.Node:
@@ -108,12 +127,19 @@ def _branch(name: str, nodes: list[ir.Node], out: ir.Value) -> ir.Graph:
     return ir.Graph([], [out], nodes=nodes, name=name)
 
 
-def _exact_graph(core: Slice, post: Slice, outer: dict[ir.Value, ir.Value], *, prefix: str = "exact.") -> ir.Graph:
+def _exact_graph(core: Slice, post: Slice, outer: dict[ir.Value, ir.Value], *, prefix: str = "exact.",
+                 still: ir.Value | None = None) -> ir.Graph:
+    """<exact P> @ V; with ``still``, also pass the "still hitting" flag through (this layer did not look up)."""
     nodes, probs = copy_slice(core, outer, prefix=prefix)
     if prefix == "exact.":
         probs.name = EXACT_PROBS  # so tools can find P in the exact branch (see unfuse.py)
     post_nodes, context = copy_slice(post, {**outer, core.output: probs}, prefix=f"{prefix}post.")
-    return _branch(prefix.rstrip("."), [*nodes, *post_nodes], context)
+    graph = _branch(prefix.rstrip("."), [*nodes, *post_nodes], context)
+    if still is not None:
+        passed = ir.Node("", "Identity", [still], outputs=[ir.Value(name=f"{prefix}still", type=still.type)])
+        graph.append(passed)
+        graph.outputs.append(passed.outputs[0])
+    return graph
 
 
 def _lookup_graph(core: Slice, post: Slice, outer: dict[ir.Value, ir.Value],
@@ -155,7 +181,10 @@ def _lookup_graph(core: Slice, post: Slice, outer: dict[ir.Value, ir.Value],
         ir.AttrGraph("then_branch", hit_graph),
         ir.AttrGraph("else_branch", _exact_graph(core, post, outer, prefix="miss.")),
     ], outputs=[ir.Value(name="lookup.context", type=_FLOAT)])
-    return _branch("lookup", [*nodes, lookup, scale, any_], any_.outputs[0])
+    graph = _branch("lookup", [*nodes, lookup, scale, any_], any_.outputs[0])
+    any_hit.type = ir.TensorType(ir.DataType.BOOL)
+    graph.outputs.append(any_hit)  # a batch with no hit stops later layers' lookups
+    return graph
 
 
 def _mask_i64(hidden: ir.Value, mask: ir.Value | None) -> list[ir.Node]:

@@ -72,6 +72,8 @@ def _inline_exact(model: ir.Model, call: ir.Node, *, prefix: str,
                   probs: ir.Value | None = None) -> tuple[list[ir.Node], dict[str, ir.Value]]:
     """Replace ``call`` by a copy of its function's exact branch; P is replaced by ``probs`` if given."""
     function, branch = _exact_branch(model, call)
+    # The "still hitting" chain ends with the calls: hand each layer's input flag on.
+    ir.convenience.replace_all_uses_with(call.outputs[1], call.inputs[3])
     mapping: dict[ir.Value, ir.Value] = dict(zip(function.inputs, call.inputs))
     by_name: dict[str, ir.Value] = {}
     copies = []
