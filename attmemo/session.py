@@ -19,12 +19,12 @@ import onnxruntime as ort
 
 from attmemo import custom_ops
 from attmemo.custom_ops import registry
+from attmemo.custom_ops.registry import MODEL_ID_KEY
 from attmemo.store import MemoDatabase, MemoDatabaseError, default_db_dir
 
 log = logging.getLogger(__name__)
 
 _REGISTERED_KEY = "attmemo.ops_registered"
-MODEL_ID_KEY = "attmemo.model_id"  # written by attmemo.transforms.fuse
 
 
 def session_options(db: str | os.PathLike | None = None,

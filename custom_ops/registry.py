@@ -24,6 +24,10 @@ class Memo(Protocol):
         """Return (hit_B bool[B], stored_BHSS uint16 unorm16) for one batch of pooled key features."""
 
 
+# Metadata key of a rewritten model's weights fingerprint; its MemoAttention nodes carry the
+# same value as ``model_id``, and a database's manifest names the model it was built for by it.
+MODEL_ID_KEY = "attmemo.model_id"
+
 _lock = threading.Lock()
 _memos: dict[str, Memo] = {}
 

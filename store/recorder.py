@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from attmemo.custom_ops.registry import MODEL_ID_KEY
+from attmemo.export.hf_export import SOURCE_DIR_KEY
+
 from .manifest import MemoDatabaseError
 
 log = logging.getLogger(__name__)
 
-MODEL_ID_KEY = "attmemo.model_id"          # written by attmemo.transforms.fuse
-SOURCE_DIR_KEY = "attmemo.source_model_dir"  # written by attmemo.export.hf_export
 
 
 class Recorder:

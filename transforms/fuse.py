@@ -10,13 +10,13 @@ from onnxscript.rewriter import pattern
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from attmemo.custom_ops.memo_gate import DOMAIN as RUNTIME_DOMAIN
+from attmemo.custom_ops.registry import MODEL_ID_KEY
 
 from . import memo_function
 from .memo_attention import MemoAttentionRule
 
 log = logging.getLogger(__name__)
 
-MODEL_ID_KEY = "attmemo.model_id"
 LAYERS_KEY = "attmemo.layers"
 
 
@@ -46,9 +46,8 @@ def fuse_memo_attention(model: ir.Model) -> int:
     RemoveUnusedNodesPass()(model)
     graph.opset_imports[memo_function.DOMAIN] = memo_function.OPSET_VERSION
     graph.opset_imports[RUNTIME_DOMAIN] = 1
-    previous = int(model.metadata_props.get(LAYERS_KEY, "0"))
     model.metadata_props[MODEL_ID_KEY] = model_id
-    model.metadata_props[LAYERS_KEY] = str(previous + count)
+    model.metadata_props[LAYERS_KEY] = str(count)
     return count
 
 
