@@ -146,13 +146,14 @@ class MemoDatabase:
         batch, size = mask_BS.shape
         if features_BF.shape != (batch, layer.features):
             raise ValueError(f"expected key features [{batch}, {layer.features}], got {list(features_BF.shape)}")
-        real = [_real_positions(mask_BS, b, size) for b in range(batch)]   # None = the first n tokens
-        lengths = [int(np.count_nonzero(mask_BS[b])) for b in range(batch)]
-        candidates = [b for b in range(batch) if self._bucket_for(layer, lengths[b]) is not None]
+        real_BS = mask_BS != 0
+        lengths = [int(n) for n in real_BS.sum(axis=1)]
+        buckets = {b: self._bucket_for(layer, lengths[b]) for b in range(batch)}
+        candidates = [b for b in range(batch) if buckets[b] is not None]
         hits: list[tuple[int, _Bucket, int]] = []     # (sequence, bucket, row)
         if candidates:
             for b, key in zip(candidates, layer.key.embed(features_BF[candidates])):
-                bucket = self._bucket_for(layer, lengths[b])
+                bucket = buckets[b]
                 row, distance = bucket.index.nearest(key, lengths[b])
                 if self.policy.is_hit(distance=distance, stored_length=int(bucket.lengths[row]),
                                       query_length=lengths[b]):
@@ -169,7 +170,7 @@ class MemoDatabase:
         stored_BHSS = np.zeros((batch, layer.heads, size, size), np.uint16)
         for b, bucket, row in hits:
             hit_B[b] = True
-            bucket.values.raw_into(row, lengths[b], stored_BHSS[b], real[b])
+            bucket.values.raw_into(row, lengths[b], stored_BHSS[b], _real_positions(real_BS[b], lengths[b]))
         return hit_B, stored_BHSS
 
     def _bucket_for(self, layer: _Layer, n: int) -> _Bucket | None:
@@ -177,12 +178,8 @@ class MemoDatabase:
         return layer.buckets.get(self._bucket_lengths[i]) if i < len(self._bucket_lengths) and n > 0 else None
 
 
-def _real_positions(mask_BS: np.ndarray | None, b: int, size: int) -> np.ndarray | None:
-    """int[n] positions of sequence b's real tokens, or None when they are the first n (right padding)."""
-    if mask_BS is None:
-        return None
-    real_S = mask_BS[b] != 0
-    n = int(np.count_nonzero(real_S))
+def _real_positions(real_S: np.ndarray, n: int) -> np.ndarray | None:
+    """int[n] positions of a sequence's n real tokens, or None when they are the first n (right padding)."""
     return None if real_S[:n].all() else np.flatnonzero(real_S)
 
 
