@@ -36,6 +36,36 @@ def tiny_model(tiny_models_dir):
     return get
 
 
+# Corpus of the tiny database: word sequences of several lengths (tiny tokenizer vocabulary).
+TINY_CORPUS = [
+    " ".join(("the model has a cache of attention scores for each layer and head after the first game "
+              "the team was in the news market price data").split()[i:i + n])
+    for n in (4, 6, 9, 12) for i in range(0, 8, 2)
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_db(tiny_model, tiny_models_dir):
+    """A real memo database of the tiny bert: (MemoAttention model, database folder, corpus .txt).
+
+    Built once per session by attmemo.store.build_database; tests that damage it copy it first.
+    """
+    from attmemo.export.memo_export import export_memo_model
+    from attmemo.store.build import build_database
+    from attmemo.store.train import KeyTraining
+
+    folder, _ = tiny_model("bert")
+    model = tiny_models_dir / "bert.memo.onnx"
+    if not model.exists():
+        export_memo_model(folder, model)
+    corpus = tiny_models_dir / "tiny-corpus.txt"
+    corpus.write_text("\n".join(TINY_CORPUS) + "\n")
+    db = tiny_models_dir / "bert.memo.memo"
+    if not db.exists():
+        build_database(model, corpus, out=db, max_length=32, training=KeyTraining(epochs=5))
+    return model, db, corpus
+
+
 def run_model(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
     names = {i.name for i in session.get_inputs()}
     return session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
@@ -50,4 +80,4 @@ def max_diff_on_real_tokens(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> f
     return float(np.abs(a - b)[mask.astype(bool)].max())
 
 
-__all__ = ["ARCHITECTURES", "TEXTS", "max_diff_on_real_tokens", "padded_feeds", "run_model"]
+__all__ = ["ARCHITECTURES", "TEXTS", "TINY_CORPUS", "max_diff_on_real_tokens", "padded_feeds", "run_model"]
