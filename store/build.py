@@ -10,6 +10,17 @@
 4. write the manifest, then rename the folder into place (a failed build
    leaves any previous database untouched).
 
+Interrupted builds. Everything is written into ``.<out>.building-<pid>-XXXX``
+beside ``out``; the finished folder replaces ``out`` by two renames (``out`` to
+``.<out>.old-<pid>``, the new folder to ``out``), so a build killed at any
+moment, even by SIGKILL, leaves the previous database complete: at ``out``, or,
+killed between the two renames, at ``.<out>.old-<pid>``. The next build of
+``out`` restarts cleanly: it first moves such an ``.old-`` folder back to
+``out`` if ``out`` is missing, and removes every other leftover of ``out``'s
+builds. Whose leftovers are they? The pid in each name says: only folders whose
+process is gone are touched, never those of a build still running. Killed builds
+are restarted from the beginning, not resumed.
+
 Memory stays flat in the corpus size except for a few bytes per text: every
 text's records are appended to files as they are produced. Resident memory is
 about one text's recording outputs (layers * (n*D + H*n*n) * 4 bytes: 76 MB
@@ -26,6 +37,7 @@ import bisect
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -97,11 +109,14 @@ def build_database(model_path: str | Path, corpus: str | Path, *, out: str | Pat
     values.codec(dtype)
     if not 0 < threshold <= 1:
         raise MemoDatabaseError(f"threshold {threshold} is outside (0, 1]; 0.9 reuses only near-identical attention.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_up_interrupted_builds(out)
     if out.exists() and not (out / manifest_file.FILENAME).is_file():
         raise MemoDatabaseError(f"{out}: exists and is not an attmemo database; choose another --out or remove it.")
     buckets = tuple(b for b in sorted(buckets) if b < max_length) + (max_length,)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    # The pid is part of the name from the moment the folder exists: a later build can tell
+    # whether its builder still runs even if this one is killed right after mkdtemp.
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-{os.getpid()}-", dir=out.parent))
     try:
         db, scratch = work / "db", work / "scratch"
         db.mkdir(), scratch.mkdir()
@@ -240,7 +255,11 @@ def _report(out, manifest, texts: Corpus, seconds, training, db, max_length) -> 
 
 
 def _replace_dir(new: Path, out: Path) -> None:
-    """Rename ``new`` to ``out``; an existing ``out`` is moved aside first and removed after."""
+    """Rename ``new`` to ``out``; an existing ``out`` is moved aside first and removed after.
+
+    Between the two renames ``out`` does not exist; a process killed there leaves the
+    previous database in ``.<out>.old-<pid>``, which the next build moves back.
+    """
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
@@ -248,3 +267,43 @@ def _replace_dir(new: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(new, out)
+
+
+def _clean_up_interrupted_builds(out: Path) -> None:
+    """Undo what killed builds of ``out`` left beside it (see the module docstring)."""
+    leftovers = _leftovers_of_dead_builds(out)
+    previous = [p for p in leftovers
+                if p.name.startswith(f".{out.name}.old-") and (p / manifest_file.FILENAME).is_file()]
+    if not out.exists() and previous:
+        # Killed between the two renames of _replace_dir: this is the database out held.
+        restored = max(previous, key=lambda p: p.stat().st_mtime)
+        os.replace(restored, out)
+        log.warning("%s: restored the previous database from %s, left by an interrupted build", out, restored.name)
+    for folder in leftovers:
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed %s, left by an interrupted build", folder)
+
+
+def _leftovers_of_dead_builds(out: Path) -> list[Path]:
+    """``.<out>.building-<pid>-*`` and ``.<out>.old-<pid>`` folders whose process is gone."""
+    name = re.compile(rf"\.{re.escape(out.name)}\.(?:building-(\d+)-.*|old-(\d+))")
+    found = []
+    for folder in out.parent.iterdir():
+        match = name.fullmatch(folder.name)
+        if match and folder.is_dir() and not _process_alive(int(match[1] or match[2])):
+            found.append(folder)
+    return found
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine); a pid reused by another process counts as alive."""
+    if pid <= 0:    # os.kill(0, ...) would signal our own process group
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:     # it exists, owned by another user
+        return True
+    return True
