@@ -8,40 +8,59 @@ computes attention exactly, through the model's own native nodes.
 A memo database (``attmemo build-db``) is attached to the process-wide op
 registry under the model id in its manifest; the model's MemoAttention nodes
 carry the same id, so every session of that model in the process uses it.
+
+Strict or not, a database is validated in Python before it is attached
+(MemoDatabase.open: schema, sizes, checksums of the small files). Strict: a
+problem raises MemoDatabaseError, one sentence naming the file. Not strict: the
+same sentence is logged as a warning and counted in ``refused_databases``, and
+the session computes exactly.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections import Counter
+from pathlib import Path
 
 import onnxruntime as ort
 
 from attmemo import custom_ops
 from attmemo.custom_ops import registry
-from attmemo.custom_ops.registry import MODEL_ID_KEY
+from attmemo.custom_ops.registry import LAYERS_KEY, MODEL_ID_KEY
 from attmemo.store import MemoDatabase, MemoDatabaseError, default_db_dir
+from attmemo.store.manifest import FILENAME as MANIFEST
 
 log = logging.getLogger(__name__)
 
 _REGISTERED_KEY = "attmemo.ops_registered"
 
+# Database folder -> how many times a non-strict session or session_options refused it.
+refused_databases: Counter[str] = Counter()
+_refused_lock = threading.Lock()
 
-def session_options(db: str | os.PathLike | None = None,
-                    sess_options: ort.SessionOptions | None = None) -> ort.SessionOptions:
+
+def session_options(db: str | os.PathLike | None = None, sess_options: ort.SessionOptions | None = None, *,
+                    strict: bool = True) -> ort.SessionOptions:
     """Return ``sess_options`` (or a new SessionOptions) with attmemo's ops registered.
 
-    db: a memo database folder to serve from (loaded, validated and attached
-    under its manifest's model id; raises MemoDatabaseError naming the bad file);
-    None attaches nothing.
+    db: a memo database folder to serve from, loaded, validated and attached
+    under its manifest's model id; None attaches nothing. strict: a database
+    that fails validation raises MemoDatabaseError (one sentence naming the
+    file); with strict=False it is logged, counted in ``refused_databases`` and
+    not attached, so sessions of its model compute exactly. There is no model
+    here to compare the database with: a database of another model is attached
+    under that other model's id and never serves this one.
     """
     so = sess_options if sess_options is not None else ort.SessionOptions()
     if not _is_registered(so):
         so.register_custom_ops_library(custom_ops.library_path())
         so.add_session_config_entry(_REGISTERED_KEY, "1")
     if db is not None:
-        database = MemoDatabase.open(db)
-        registry.attach(database.model_id, database)
+        database, _ = _open(db, strict=strict)
+        if database is not None:
+            registry.attach(database.model_id, database)
     return so
 
 
@@ -56,27 +75,97 @@ class InferenceSession(ort.InferenceSession):
     """``onnxruntime.InferenceSession`` with attmemo's ops registered and a memo database attached.
 
     db: the database folder; None uses ``<model without .onnx>.memo/`` if it
-    exists (only when the model is given by path). Accepts every argument
-    onnxruntime's session does; the caller's SessionOptions are honoured.
+    exists (only when the model is given by path). strict: whether a database
+    that fails validation raises MemoDatabaseError (one sentence naming the
+    file) or is logged, counted in ``refused_databases`` and left out, the
+    session computing exactly; None means True for a ``db`` you give and False
+    for one found beside the model. ``memo_status`` says which happened:
+    "serving <db>", "disabled: <reason>" or "no database".
+    Accepts every argument onnxruntime's session does; the caller's
+    SessionOptions are honoured.
     """
 
-    def __init__(self, path_or_bytes, db: str | os.PathLike | None = None,
+    def __init__(self, path_or_bytes, db: str | os.PathLike | None = None, *, strict: bool | None = None,
                  sess_options: ort.SessionOptions | None = None, **kwargs):
-        if db is None and isinstance(path_or_bytes, (str, os.PathLike)) and default_db_dir(path_or_bytes).is_dir():
+        found = db is None and isinstance(path_or_bytes, (str, os.PathLike)) and default_db_dir(path_or_bytes).is_dir()
+        if found:
             db = default_db_dir(path_or_bytes)
-        self._memo = MemoDatabase.open(db) if db is not None else None
+        strict = not found if strict is None else strict
+        self._memo: MemoDatabase | None = None
+        database, self.memo_status = _open(db, strict=strict) if db is not None else (None, "no database")
         super().__init__(path_or_bytes, sess_options=session_options(None, sess_options), **kwargs)
-        if self._memo is not None:
-            model_id = self.get_modelmeta().custom_metadata_map.get(MODEL_ID_KEY)
-            if model_id != self._memo.model_id:
-                raise MemoDatabaseError(f"{db}: built for model {self._memo.model_id}, but this model is {model_id}; "
-                                 "rebuild the database for this model with attmemo build-db.")
-            registry.attach(model_id, self._memo)
-            log.info("serving %s from memo database %s", model_id, db)
+        if database is None:
+            return
+        # The model is compared with the database through the created session's metadata, not
+        # by onnx.load before it: onnx.load parses every initializer in the file (0.10 s and
+        # 90 MB more for MiniLM, whose session takes 0.24 s), get_modelmeta costs microseconds.
+        # Nothing has run yet: the ops look the database up at run time, and it is attached below.
+        problem = _mismatch(database, self.get_modelmeta().custom_metadata_map)
+        if problem is not None:
+            self.memo_status = _refuse(db, MemoDatabaseError(problem), strict=strict)
+            return
+        registry.attach(database.model_id, database)
+        self._memo = database
+        log.info("serving %s from memo database %s", database.model_id, db)
 
     def memo_stats(self) -> dict[int, dict]:
-        """{layer: {"lookups", "hits", "lookup_seconds"}} of this session's database ({} without one).
+        """{layer: {"lookups", "hits", "fallbacks", "lookup_seconds"}} of this session's database.
 
-        Counts sequences; shared with other sessions in the process that use the same database object.
+        {} without one (see ``memo_status`` for why). Counts sequences; shared
+        with other sessions in the process that use the same database object.
         """
         return self._memo.stats.snapshot() if self._memo is not None else {}
+
+
+def _open(db, *, strict: bool) -> tuple[MemoDatabase | None, str]:
+    """(database or None, status): "serving DB", or "disabled: <reason>" when not strict."""
+    try:
+        return _shared(Path(db)), f"serving {db}"
+    except MemoDatabaseError as error:
+        return None, _refuse(db, error, strict=strict)
+
+
+_opened: dict[tuple, MemoDatabase] = {}
+_opened_lock = threading.Lock()
+
+
+def _shared(folder: Path) -> MemoDatabase:
+    """One MemoDatabase object per database folder and manifest version in the process.
+
+    The op registry serves one object per model id, so sessions over the same
+    folder must share it, or an earlier session's ``memo_stats()`` would read
+    counters nobody updates. A rebuilt or recalibrated folder (a new manifest) is opened anew.
+    """
+    try:
+        stat = (folder / MANIFEST).stat()
+        version = (str(folder.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return MemoDatabase.open(folder)   # raises the one-sentence error for a missing database
+    with _opened_lock:
+        if version not in _opened:
+            _opened[version] = MemoDatabase.open(folder)
+        return _opened[version]
+
+
+def _refuse(db, error: MemoDatabaseError, *, strict: bool) -> str:
+    """Raise ``error`` if strict; otherwise log it (one line), count it and return the session's status."""
+    if strict:
+        raise error
+    with _refused_lock:
+        refused_databases[str(db)] += 1
+    log.warning("memo database disabled, computing exactly: %s", error)
+    return f"disabled: {error}"
+
+
+def _mismatch(database: MemoDatabase, metadata: dict[str, str]) -> str | None:
+    """Why ``database`` cannot serve the model with this metadata, or None (one sentence)."""
+    where = Path(database.folder) / MANIFEST
+    model_id = metadata.get(MODEL_ID_KEY)
+    if model_id != database.model_id:
+        return (f"{where}: built for model {database.model_id}, but this model is {model_id}; "
+                "rebuild the database for this model with attmemo build-db.")
+    layers = metadata.get(LAYERS_KEY, "")
+    if layers.isdecimal() and max(database.manifest.layers) >= int(layers):
+        return (f"{where}: has layer {max(database.manifest.layers)}, but the model has {layers} "
+                "MemoAttention layers; rebuild the database for this model with attmemo build-db.")
+    return None

@@ -27,6 +27,8 @@ class Memo(Protocol):
 # Metadata key of a rewritten model's weights fingerprint; its MemoAttention nodes carry the
 # same value as ``model_id``, and a database's manifest names the model it was built for by it.
 MODEL_ID_KEY = "attmemo.model_id"
+# Metadata key of a rewritten model's MemoAttention layer count (a database may not name more).
+LAYERS_KEY = "attmemo.layers"
 
 _lock = threading.Lock()
 _memos: dict[str, Memo] = {}

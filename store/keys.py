@@ -22,7 +22,12 @@ import numpy as np
 
 from .manifest import KeySpec, MemoDatabaseError
 
-_WEIGHTS = ("w1", "b1", "w2", "b2")
+WEIGHTS = ("w1", "b1", "w2", "b2")
+
+
+def weight_file(name: str) -> str:
+    """File name of one weight array inside the layer's folder."""
+    return f"key.{name}.npy"
 
 # The pooling the graph computes natively (attmemo.transforms.key_pooling): a
 # model rewritten by attmemo pools with these, so databases must too.
@@ -83,8 +88,8 @@ class KeyEmbedding:
 
     def save(self, folder: Path) -> list[Path]:
         paths = []
-        for name in _WEIGHTS:
-            path = folder / f"key.{name}.npy"
+        for name in WEIGHTS:
+            path = folder / weight_file(name)
             np.save(path, np.ascontiguousarray(getattr(self, name), dtype=np.float32), allow_pickle=False)
             paths.append(path)
         return paths
@@ -92,15 +97,15 @@ class KeyEmbedding:
     @classmethod
     def load(cls, folder: Path) -> KeyEmbedding:
         arrays = {}
-        for name in _WEIGHTS:
-            path = folder / f"key.{name}.npy"
+        for name in WEIGHTS:
+            path = folder / weight_file(name)
             try:
                 arrays[name] = np.load(path, allow_pickle=False).astype(np.float32, copy=False)
             except (OSError, ValueError) as error:
                 raise MemoDatabaseError(f"{path}: unreadable key-embedding weights ({error}); "
                                  "rebuild the database.") from error
         key = cls(**arrays)
-        width, dim = key.w1.shape[1], key.w2.shape[1]
-        if key.b1.shape != (width,) or key.w2.shape[0] != width or key.b2.shape != (dim,):
+        if key.w1.ndim != 2 or key.w2.ndim != 2 or key.b1.shape != key.w1.shape[1:] \
+                or key.w2.shape[0] != key.w1.shape[1] or key.b2.shape != key.w2.shape[1:]:
             raise MemoDatabaseError(f"{folder}: key-embedding weights have inconsistent shapes; rebuild the database.")
         return key

@@ -56,12 +56,25 @@ def entry_bytes(heads: int, bucket: int, dtype: str) -> int:
     return heads * bucket * bucket * codec(dtype)[0].itemsize
 
 
+def _check_size(path: Path, expected: int, what: str) -> None:
+    """np.memmap maps a longer file without complaint, so a wrong layout could pass: demand the exact size."""
+    try:
+        actual = path.stat().st_size
+    except OSError as error:
+        raise MemoDatabaseError(f"{path}: cannot read the value store ({error}); rebuild the database.") from error
+    if actual != expected:
+        raise MemoDatabaseError(f"{path}: {actual} bytes, but {what} take {expected}; rebuild the database.")
+
+
 class ValueFile:
     """One layer's bucket file, opened for writing ("w+") or reading ("r")."""
 
     def __init__(self, path: Path, *, count: int, heads: int, bucket: int, dtype: str, mode: str):
         self.path, self.bucket = path, bucket
         storage, self._encode, self._decode = codec(dtype)
+        if mode == "r":
+            _check_size(path, count * entry_bytes(heads, bucket, dtype),
+                        f"{count} rows of [{heads}, {bucket}, {bucket}] {dtype}")
         try:
             self.rows = np.memmap(path, dtype=storage, mode=mode, shape=(count, heads, bucket, bucket))
         except (OSError, ValueError) as error:

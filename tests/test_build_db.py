@@ -86,6 +86,7 @@ def plain_session(minilm):
 def memo_session(minilm, built):
     """attmemo.InferenceSession of the memo model with db=None: it must find minilm.memo/ by itself."""
     session = attmemo.InferenceSession(str(minilm["memo"]))
+    session._memo.stats.reset()   # sessions over one folder share its database object and counters
     yield session
     registry.detach(session._memo.model_id)
 
@@ -205,6 +206,7 @@ def test_plain_onnxruntime_session_uses_the_database(minilm, built, tokenizer):
     session = ort.InferenceSession(str(minilm["memo"]), attmemo.session_options(db=db),
                                    providers=["CPUExecutionProvider"])
     memo = registry.memo_for(MemoDatabase.open(db).model_id)
+    memo.stats.reset()
     try:
         _tokens(session, _feed(tokenizer, [DOCS[1]]))
         assert [memo.stats.snapshot()[layer]["hits"] for layer in range(LAYERS)] == [1] * LAYERS

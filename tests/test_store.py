@@ -1,4 +1,7 @@
-"""attmemo.store components on tiny literal data: values, index, keys, policy, stats, manifest, corpus."""
+"""attmemo.store components on tiny literal data: values, index, keys, policy, stats, manifest, corpus.
+
+The last test looks up in the real tiny database (conftest ``tiny_db``).
+"""
 
 from __future__ import annotations
 
@@ -200,3 +203,97 @@ def test_corpus_errors_say_what_is_wrong(tmp_path):
     (tmp_path / "data.csv").write_text("a,b\n")
     with pytest.raises(MemoDatabaseError, match="unknown corpus format"):
         list(iter_texts(tmp_path / "data.csv"))
+
+
+def _write_manifest(tmp_path, **changes):
+    m = _manifest_folder(tmp_path)
+    data = json.loads(m.to_json())
+    data.update(changes)
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"threshold": 0}, "'threshold' must be a number in"),
+    ({"threshold": float("nan")}, "'threshold' must be a number in"),
+    ({"threshold": "0.9"}, "'threshold' must be a number in"),
+    ({"model_id": ""}, "'model_id' must be a non-empty"),
+    ({"layers": {"-1": 2}}, "'layers' must map"),
+    ({"layers": {"0": True}}, "'layers' must map"),
+    ({"buckets": {"0": 1}}, "'buckets' must map"),
+    ({"dtype": "float16"}, "'dtype' must be one of unorm16"),
+    ({"key": {"segments": 8, "hidden_pool": 4, "width": 64}}, "'key' must hold exactly"),
+    ({"files": {"../x.bin": {"bytes": 4, "sha256": "0" * 64}}}, "'../x.bin' is not a relative path inside"),
+    ({"files": {"/etc/passwd": {"bytes": 4, "sha256": "0" * 64}}}, "'/etc/passwd' is not a relative path inside"),
+    ({"files": {"L0/x.bin": {"bytes": 4, "sha256": "abc"}}}, "must be {\"bytes\": integer >= 0, \"sha256\""),
+])
+def test_manifest_schema_names_the_field_in_one_line(tmp_path, changes, problem):
+    _write_manifest(tmp_path, **changes)
+    with pytest.raises(MemoDatabaseError) as error:
+        manifest.load(tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'manifest.json'}: not a valid attmemo manifest") and "\n" not in message
+    assert problem in message
+
+
+def test_small_files_are_rehashed_at_every_load_value_stores_only_on_verify(tmp_path):
+    (tmp_path / "L0").mkdir()
+    for name in ("L0/b8.ann", "L0/b8.values"):
+        (tmp_path / name).write_bytes(b"abcd")
+    m = Manifest(model_id="m1", layers={0: 2}, buckets={8: 1}, dtype="unorm16", threshold=0.9,
+                 key=KeySpec(8, 4, 64, 64), corpus={},
+                 files={name: manifest.file_entry(tmp_path / name) for name in ("L0/b8.ann", "L0/b8.values")})
+    manifest.write(m, tmp_path)
+    (tmp_path / "L0" / "b8.values").write_bytes(b"abce")
+    assert manifest.load(tmp_path) == m
+    with pytest.raises(MemoDatabaseError, match=r"b8\.values: checksum"):
+        manifest.load(tmp_path, verify_checksums=True)
+    (tmp_path / "L0" / "b8.ann").write_bytes(b"abce")
+    with pytest.raises(MemoDatabaseError, match=r"b8\.ann: checksum"):
+        manifest.load(tmp_path)
+
+
+def test_a_listed_file_behind_a_symlink_out_of_the_folder_is_refused(tmp_path):
+    db = tmp_path / "db"
+    db.mkdir()
+    _manifest_folder(db)
+    outside = tmp_path / "elsewhere"
+    (db / "L0").rename(outside)
+    (db / "L0").symlink_to(outside)   # same bytes, same checksum: only the path is wrong
+    with pytest.raises(MemoDatabaseError, match=r"manifest\.json: lists L0/x\.bin, a symlink to .* outside"):
+        manifest.load(db)
+
+
+def test_a_value_store_must_be_exactly_as_long_as_its_rows(tmp_path):
+    path = tmp_path / "b8.values"
+    values.ValueFile(path, count=2, heads=HEADS, bucket=8, dtype="unorm16", mode="w+").flush()
+    with open(path, "ab") as f:
+        f.write(b"\0" * 2)   # np.memmap alone would map this without complaint
+    with pytest.raises(MemoDatabaseError, match=r"b8\.values: 514 bytes, but 2 rows of \[2, 8, 8\] unorm16 take 512"):
+        values.ValueFile(path, count=2, heads=HEADS, bucket=8, dtype="unorm16", mode="r")
+
+
+def test_unusable_lookup_inputs_miss_and_are_counted(tiny_db):
+    """Inside the op nothing may raise: bad inputs miss, are counted as fallbacks, and NaN never reaches Annoy."""
+    from attmemo.store import MemoDatabase
+    from tiny_models import HIDDEN
+    db = MemoDatabase.open(tiny_db[1])
+    features = keys.feature_size(db.manifest.key, HIDDEN)
+    mask = np.ones((2, 6), np.int64)
+    cases = [
+        (np.full((2, features), np.nan, np.float32), mask, 2),        # NaN: both sequences miss alone
+        (np.zeros((2, features + 1), np.float32), mask, 2),           # wrong feature size
+        (np.zeros((2, features), np.float64), mask, 2),               # wrong dtype
+        (np.zeros((2, features), np.float32), np.ones(6, np.int64), 2),  # mask not [B, S]
+        (np.zeros((3, features), np.float32), mask, 2),               # batch disagrees with the mask
+    ]
+    for features_BF, mask_BS, fallbacks in cases:
+        db.stats.reset()
+        hit_B, stored = db.lookup(0, features_BF, mask_BS)
+        assert not hit_B.any() and stored.shape == (1, 1, 1, 1)
+        assert db.stats.snapshot()[0]["fallbacks"] == fallbacks
+    db.stats.reset()
+    one_bad = np.zeros((2, features), np.float32)
+    one_bad[1, 3] = np.inf
+    db.lookup(0, one_bad, mask)
+    stats = db.stats.snapshot()[0]
+    assert (stats["lookups"], stats["hits"], stats["fallbacks"]) == (2, 0, 1)

@@ -10,14 +10,12 @@ from onnxscript.rewriter import pattern
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from attmemo.custom_ops.memo_gate import DOMAIN as RUNTIME_DOMAIN
-from attmemo.custom_ops.registry import MODEL_ID_KEY
+from attmemo.custom_ops.registry import LAYERS_KEY, MODEL_ID_KEY
 
 from . import memo_function
 from .memo_attention import MemoAttentionRule
 
 log = logging.getLogger(__name__)
-
-LAYERS_KEY = "attmemo.layers"
 
 
 def fuse_memo_attention(model: ir.Model) -> int:
