@@ -16,10 +16,17 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from .session import session_options
 
 log = logging.getLogger(__name__)
+
+# What onnxruntime raises for a model it cannot load or run (none of them derives from RuntimeError).
+ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    c for c in vars(_ort_state).values() if isinstance(c, type) and issubclass(c, Exception)
+    and c.__module__ == _ort_state.__name__)
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def quiet_session_options(threads: int = 0) -> ort.SessionOptions:
@@ -31,15 +38,69 @@ def quiet_session_options(threads: int = 0) -> ort.SessionOptions:
 
 
 def open_sessions(models: Mapping[str, str], threads: int = 0) -> dict[str, ort.InferenceSession]:
-    """One session per model, all with the same options (attmemo ops registered in each)."""
-    return {name: ort.InferenceSession(path, session_options(sess_options=quiet_session_options(threads)))
-            for name, path in models.items()}
+    """One session per model, all with the same options (attmemo ops registered in each).
+
+    Raises ValueError naming the file when onnxruntime cannot load a model.
+    """
+    sessions = {}
+    for name, path in models.items():
+        try:
+            sessions[name] = ort.InferenceSession(path, session_options(sess_options=quiet_session_options(threads)))
+        except ORT_ERRORS as error:
+            raise ValueError(f"{path}: onnxruntime cannot load this model ({ort_reason(error)}).") from error
+    return sessions
 
 
-def encoder_feed(session: ort.InferenceSession, *, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random token ids (no padding) for whatever of input_ids / attention_mask / token_type_ids the model takes."""
+def ort_reason(error: Exception) -> str:
+    """The gist of an onnxruntime error: its first line, without the ``[ONNXRuntimeError] : 2 : CODE :`` prefix."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text.rsplit(" : ", 1)[-1].strip().rstrip(".")
+
+
+def check_encoder(path, model, *, memo: bool) -> None:
+    """Raise ValueError (one sentence) unless ``model`` (an onnx.ModelProto) is an encoder bench can feed,
+    and, with ``memo``, one rewritten by attmemo."""
+    from attmemo.custom_ops.registry import MODEL_ID_KEY
+
+    if memo and not any(p.key == MODEL_ID_KEY for p in model.metadata_props):
+        raise ValueError(f"{path}: has no {MODEL_ID_KEY} metadata, so it is not a MemoAttention model; "
+                         "rewrite it with attmemo transform and pass the result as --memo.")
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    if "input_ids" not in inputs or not set(inputs) <= set(ENCODER_INPUTS):
+        raise ValueError(f"{path}: takes inputs {', '.join(inputs) or '(none)'}, but bench feeds only "
+                         f"{', '.join(ENCODER_INPUTS)}; give a Transformer encoder export.")
+
+
+def _embedding_tables(model) -> list[tuple[str, str, int]]:
+    """(table name, indices name, rows) of every Gather from a 2-D initializer (embedding lookups)."""
+    rows = {i.name: i.dims[0] for i in model.graph.initializer if len(i.dims) == 2}
+    return [(n.input[0], n.input[1], int(rows[n.input[0]])) for n in model.graph.node
+            if n.op_type == "Gather" and len(n.input) == 2 and n.input[0] in rows]
+
+
+def vocab_size(model) -> int | None:
+    """Rows of the token embedding table (the one gathered by ``input_ids``), or None if not found."""
+    return min((rows for _, indices, rows in _embedding_tables(model) if indices == "input_ids"), default=None)
+
+
+def position_table_size(model) -> int | None:
+    """Rows of the absolute position embedding table (an initializer named like ``position_embeddings``),
+    or None if the model has none that is recognisable."""
+    return min((rows for table, indices, rows in _embedding_tables(model)
+                if "position_embeddings" in table and "rel" not in table and indices not in ENCODER_INPUTS),
+               default=None)
+
+
+def encoder_feed(session: ort.InferenceSession, *, batch: int, seq_len: int, seed: int = 0,
+                 vocab_size: int | None = None) -> dict[str, np.ndarray]:
+    """Random token ids (no padding) for whatever of input_ids / attention_mask / token_type_ids the model takes.
+
+    Ids are drawn from [1000, 5000), or from the upper half of a smaller ``vocab_size``.
+    """
     rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, 5000, size=(batch, seq_len), dtype=np.int64)
+    high = 5000 if vocab_size is None else min(5000, vocab_size)
+    ids = rng.integers(min(1000, high // 2), high, size=(batch, seq_len), dtype=np.int64)
     known = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     return {i.name: known[i.name] for i in session.get_inputs()}
 

@@ -10,18 +10,33 @@ from pathlib import Path
 
 
 def build_db(args) -> int:
+    from attmemo.cli import DEFAULT_MAX_LENGTH, check_output_folder, model_max_tokens, read_onnx
     from attmemo.store.build import build_database, default_db_dir
+    from attmemo.store.recorder import check_memo_metadata
 
-    if args.max_length < 2:
+    if args.max_length is not None and args.max_length < 2:
         raise ValueError(f"--max-length {args.max_length} is too short; give at least 2 tokens.")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit {args.limit} selects no text; give a positive number.")
+    if not 0 < args.threshold <= 1:      # also refuses nan
+        raise ValueError(f"--threshold {args.threshold:g} is outside (0, 1]; 0.9 reuses only near-identical "
+                         "attention, lower values reuse more.")
+    model = read_onnx(args.model)
+    check_memo_metadata(Path(args.model), {p.key: p.value for p in model.metadata_props})
+    limit = model_max_tokens(args.model, model)
+    del model
+    if args.max_length is not None and limit is not None and args.max_length > limit:
+        raise ValueError(f"--max-length {args.max_length} exceeds the model's maximum of {limit} tokens; "
+                         f"use at most {limit}.")
+    max_length = args.max_length or min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH)
     out = Path(args.out) if args.out else default_db_dir(args.model)
-    print(f"building the memo database of {args.model} from {args.corpus} into {out} ...", flush=True)
-    report = build_database(args.model, args.corpus, out=out, max_length=args.max_length, limit=args.limit,
+    check_output_folder(out, "--out")
+    print(f"building the memo database of {args.model} from {args.corpus} into {out} "
+          f"(texts cut to {max_length} tokens) ...", flush=True)
+    report = build_database(args.model, args.corpus, out=out, max_length=max_length, limit=args.limit,
                             threshold=args.threshold, dtype=args.dtype, progress=_build_progress())
     _print_build_report(report)
-    _print_self_check(args.model, args.corpus, out, max_length=args.max_length)
+    _print_self_check(args.model, args.corpus, out, max_length=max_length)
     return 0
 
 
@@ -85,6 +100,9 @@ def verify_db(args) -> int:
     """Rehash every file against the manifest and load every part; one sentence on the first problem."""
     from attmemo.store import MemoDatabase
 
+    if Path(args.db).is_file():
+        raise ValueError(f"{args.db}: is a file, not a database folder; give the folder attmemo build-db wrote "
+                         "(MODEL.memo/ beside the model).")
     db = MemoDatabase.open(args.db, verify_checksums=True)
     manifest = db.manifest
     rows = sum(manifest.buckets.values())

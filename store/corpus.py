@@ -1,14 +1,28 @@
 """Texts to build a database from: a .txt file (one text per line), a .jsonl file
 (one object with a "text" field per line) or a folder of .txt files (one text
-per file, searched recursively, in sorted path order)."""
+per file, searched recursively, in sorted path order).
+
+.txt files are read as UTF-8; bytes that are not are replaced with U+FFFD and a
+warning names the lines. A .jsonl file must be UTF-8 JSON throughout: a line
+that is not stops the build with its line number.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from .manifest import MemoDatabaseError
+
+log = logging.getLogger(__name__)
+
+# What errors="surrogateescape" turns undecodable bytes into.
+_ESCAPED = re.compile("[\udc80-\udcff]")
+# Files already warned about: a build reads its corpus more than once.
+_warned: set[tuple[Path, tuple[int, ...]]] = set()
 
 
 def iter_texts(path: str | Path, *, limit: int | None = None) -> Iterator[str]:
@@ -31,26 +45,56 @@ def _texts(path: Path) -> Iterator[str]:
         if not files:
             raise MemoDatabaseError(f"{path}: the folder has no .txt files; put one text per .txt file in it.")
         for file in files:
-            yield file.read_text(encoding="utf-8", errors="replace")
+            yield "".join(_txt_lines(file))
     elif path.suffix == ".jsonl":
         yield from _jsonl(path)
     elif path.suffix == ".txt":
-        with open(path, encoding="utf-8", errors="replace") as f:
-            yield from f
+        yield from _txt_lines(path)
     else:
         raise MemoDatabaseError(f"{path}: unknown corpus format; use a .txt (one text per line), "
                          "a .jsonl with a \"text\" field, or a folder of .txt files.")
 
 
+def _txt_lines(path: Path) -> Iterator[str]:
+    """The lines of a text file as UTF-8, undecodable bytes replaced (and warned about once per file)."""
+    bad: list[int] = []
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            for number, line in enumerate(f, 1):
+                if _ESCAPED.search(line):
+                    bad.append(number)
+                    line = line.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                yield line
+    finally:
+        if bad and (path.resolve(), tuple(bad)) not in _warned:
+            _warned.add((path.resolve(), tuple(bad)))
+            shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+            log.warning("%s: %d %s not valid UTF-8 (%s %s); the undecodable bytes were replaced with U+FFFD.",
+                        path, len(bad), *(("line is", "line") if len(bad) == 1 else ("lines are", "lines")), shown)
+
+
 def _jsonl(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise MemoDatabaseError(f"{path}:{number}: not valid UTF-8 (byte {raw[error.start]:#04x} at column "
+                                        f"{error.start + 1}); save the file as UTF-8.") from error
             if not line.strip():
                 continue
             try:
-                text = json.loads(line)["text"]
-            except (ValueError, KeyError, TypeError) as error:
-                raise MemoDatabaseError(f"{path}:{number}: not a JSON object with a \"text\" field ({error}).") from error
+                record = json.loads(line)
+            except ValueError as error:
+                reason = (f"{error.msg.removesuffix(' at')} at column {error.colno}"
+                          if isinstance(error, json.JSONDecodeError) else str(error))
+                raise MemoDatabaseError(f"{path}:{number}: not JSON ({reason}); "
+                                        "write one JSON object per line.") from error
+            if not isinstance(record, dict) or "text" not in record:
+                raise MemoDatabaseError(f"{path}:{number}: not a JSON object with a \"text\" field; "
+                                        "write each line as {\"text\": \"...\"}.")
+            text = record["text"]
             if not isinstance(text, str):
-                raise MemoDatabaseError(f"{path}:{number}: \"text\" is not a string.")
+                raise MemoDatabaseError(f"{path}:{number}: \"text\" is not a string but {type(text).__name__}; "
+                                        "give each text as a JSON string.")
             yield text

@@ -34,9 +34,7 @@ class Recorder:
         except Exception as error:  # noqa: BLE001 - protobuf raises many types for a bad file
             raise MemoDatabaseError(f"{model_path}: not a readable ONNX model ({type(error).__name__}).") from error
         self.metadata = dict(model.metadata_props)
-        if MODEL_ID_KEY not in self.metadata:
-            raise MemoDatabaseError(f"{model_path}: has no {MODEL_ID_KEY} metadata, so it is not a MemoAttention model; "
-                             "rewrite it first with attmemo transform (or export it with attmemo-export).")
+        check_memo_metadata(model_path, self.metadata)
         self.model_id = self.metadata[MODEL_ID_KEY]
         self.layers = recording_model(model)
         if not self.layers:
@@ -60,6 +58,20 @@ class Recorder:
                              "export a plain encoder (input_ids, attention_mask, token_type_ids).")
         outputs = self._session.run(self._outputs, {name: known[name] for name in self._inputs})
         return {layer.layer: (outputs[2 * i][0], outputs[2 * i + 1][0]) for i, layer in enumerate(self.layers)}
+
+
+def check_memo_metadata(model_path: Path, metadata: dict[str, str]) -> None:
+    """Raise MemoDatabaseError unless the model's metadata marks it as rewritten by attmemo."""
+    if MODEL_ID_KEY not in metadata:
+        raise MemoDatabaseError(f"{model_path}: has no {MODEL_ID_KEY} metadata, so it is not a MemoAttention model; "
+                                "rewrite it first with attmemo transform (or export it with attmemo-export).")
+
+
+def token_limit(tokenizer) -> int | None:
+    """The longest sequence the tokenizer's model takes (``model_max_length``), or None if it does not say
+    (transformers then reports a huge placeholder)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and 0 < limit < 1_000_000 else None
 
 
 def load_tokenizer(model_path: Path, metadata: dict[str, str]):
