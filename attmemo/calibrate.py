@@ -1,0 +1,235 @@
+"""Selective memoization: choose, per layer, whether and at which threshold to reuse attention.
+
+What ``attmemo calibrate`` runs. On held-out texts, with the real model and database:
+
+1. exact sentence embeddings (the database detached: every layer computes exactly);
+2. per candidate threshold tau, every layer at tau: per-layer hit rates, the embedding's cosine
+   to exact (mean, 1st percentile) and, with labels, nearest-centroid accuracy;
+3. per tau within the quality budget, also "only the layers that hit often": a layer that
+   rarely hits costs a lookup per run and, by ending the lookups of later layers when
+   nothing hit, can hide their hits;
+4. the latency of the best candidates and of "off", interleaved on the same texts; the
+   fastest within budget wins only if it beats "off" by ``min_gain``, else memoization is
+   switched off (every layer then takes the exact path after one tiny gate call per run).
+
+The choice is written into the database's manifest (``serving``), which sessions honour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .ceiling import cosine_stats
+
+log = logging.getLogger(__name__)
+
+THRESHOLDS = (0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
+OFTEN = 0.5   # "hits often": at least this share of a layer's lookups hit
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """The quality a calibrated database must keep, on held-out texts."""
+    cosine_mean: float = 0.99      # mean cosine of the sentence embedding to the exact model
+    cosine_p1: float = 0.97        # its 1st percentile
+    accuracy_loss: float = 0.005   # nearest-centroid accuracy loss (fraction), when labels exist
+
+    def holds(self, trial: Trial) -> bool:
+        accuracy_ok = trial.accuracy_loss is None or trial.accuracy_loss <= self.accuracy_loss + 1e-12
+        return trial.cosine["mean"] >= self.cosine_mean and trial.cosine["p1"] >= self.cosine_p1 and accuracy_ok
+
+
+@dataclasses.dataclass
+class Trial:
+    """One serving choice measured on the held-out texts."""
+    thresholds: dict[int, float]           # layer -> tau; a layer not listed never looks up
+    hit_rate: dict[int, float]             # layer -> hits / texts
+    cosine: dict[str, float]               # mean, p1, min
+    accuracy_loss: float | None            # exact accuracy - memo accuracy (fraction), None without labels
+    latency_ratio: float | None = None     # median of (this / off), interleaved; None if not timed
+
+    @property
+    def memo_rate(self) -> float:
+        """Share of all (text, layer) attention computations reused."""
+        return float(np.mean(list(self.hit_rate.values()))) if self.hit_rate else 0.0
+
+    def describe(self) -> str:
+        if not self.thresholds:
+            return "off"
+        taus = sorted(set(self.thresholds.values()))
+        return f"tau {'/'.join(f'{t:g}' for t in taus)} on layers {','.join(map(str, sorted(self.thresholds)))}"
+
+
+@dataclasses.dataclass
+class Calibration:
+    chosen: Trial
+    trials: list[Trial]
+    texts: int
+    seconds: float
+
+
+def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | None = None, *,
+              db: str | Path | None = None, budget: Budget = Budget(), max_length: int | None = None,
+              thresholds: Sequence[float] = THRESHOLDS, rounds: int = 5, min_gain: float = 0.01,
+              write: bool = True, progress: Callable[[str], None] | None = None) -> Calibration:
+    """Measure candidate serving choices on ``texts`` and (``write``) store the best in the database.
+
+    texts: held-out texts (not the ones the database was built from, or the
+    result flatters reuse); labels: their classes, for the accuracy budget;
+    max_length: tokens per text, by default the database's own.
+    """
+    from attmemo.store import MemoDatabase, default_db_dir
+
+    start = time.perf_counter()
+    model = Path(model)
+    folder = Path(db) if db is not None else default_db_dir(model)
+    database = MemoDatabase.open(folder)
+    max_length = max_length or int(database.manifest.corpus.get("max_length", 512))
+    if not texts:
+        raise ValueError("calibration needs held-out texts; the corpus gave none.")
+    if labels is not None and len(labels) != len(texts):
+        raise ValueError(f"{len(labels)} labels for {len(texts)} texts.")
+    runner = _Runner(model, database, texts, max_length=max_length)
+    say = progress or (lambda _line: None)
+
+    exact = runner.embed(None)
+    centroids = _centroids(exact, labels) if labels is not None else None
+    trials = []
+    for tau in thresholds:
+        everywhere = {layer: tau for layer in database.manifest.layers}
+        trial = runner.trial(everywhere, exact, labels, centroids)
+        trials.append(trial)
+        say(f"tau {tau:g}, all layers: memo rate {trial.memo_rate:.2f}, cosine mean {trial.cosine['mean']:.4f} "
+            f"p1 {trial.cosine['p1']:.4f}" + _accuracy_text(trial))
+        often = {layer: tau for layer, rate in trial.hit_rate.items() if rate >= OFTEN}
+        if budget.holds(trial) and often and often != everywhere:
+            trials.append(runner.trial(often, exact, labels, centroids))
+            say(f"tau {tau:g}, {trials[-1].describe()}: memo rate {trials[-1].memo_rate:.2f}, "
+                f"cosine mean {trials[-1].cosine['mean']:.4f} p1 {trials[-1].cosine['p1']:.4f}")
+
+    off = Trial({}, {}, {"mean": 1.0, "p1": 1.0, "min": 1.0}, 0.0 if labels is not None else None, 1.0)
+    candidates = _distinct(sorted((t for t in trials if budget.holds(t) and t.memo_rate > 0),
+                                  key=lambda t: -t.memo_rate))[:3]
+    if candidates:
+        for trial, ratio in zip(candidates, runner.latency_ratios([c.thresholds for c in candidates], rounds)):
+            trial.latency_ratio = ratio
+            say(f"latency {trial.describe()}: {ratio:.3f} of off")
+    best = min(candidates, key=lambda t: t.latency_ratio, default=None)
+    chosen = best if best is not None and best.latency_ratio <= 1 - min_gain else off
+    if write:
+        _write_choice(folder, chosen, budget, texts=len(texts))
+    say(f"chosen: {chosen.describe()}")
+    return Calibration(chosen=chosen, trials=trials, texts=len(texts), seconds=time.perf_counter() - start)
+
+
+def _distinct(trials: list[Trial]) -> list[Trial]:
+    """Drop a trial that hits exactly where an earlier one (a higher threshold) does: the safer one wins."""
+    kept: list[Trial] = []
+    for trial in trials:
+        if not any(k.hit_rate == trial.hit_rate and set(k.thresholds) == set(trial.thresholds) for k in kept):
+            kept.append(trial)
+    return kept
+
+
+def _accuracy_text(trial: Trial) -> str:
+    return "" if trial.accuracy_loss is None else f", accuracy loss {100 * trial.accuracy_loss:.1f} pt"
+
+
+def _write_choice(folder: Path, chosen: Trial, budget: Budget, *, texts: int) -> None:
+    from attmemo.store import serving
+    serving.write(folder, thresholds=chosen.thresholds, measured={
+        "texts": texts, "memo_rate": chosen.memo_rate, "hit_rate": {str(k): v for k, v in chosen.hit_rate.items()},
+        "cosine": chosen.cosine, "accuracy_loss": chosen.accuracy_loss, "latency_ratio": chosen.latency_ratio,
+        "budget": dataclasses.asdict(budget)})
+
+
+class _Runner:
+    """The memoized model over the held-out texts, one unpadded text per run (batch 1)."""
+
+    def __init__(self, model: Path, database, texts: Sequence[str], *, max_length: int):
+        import onnx
+        import onnxruntime as ort
+
+        from attmemo.bench import quiet_session_options
+        from attmemo.session import session_options
+        from attmemo.store.recorder import load_tokenizer
+
+        metadata = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+        self.database = database
+        self.session = ort.InferenceSession(str(model), session_options(sess_options=quiet_session_options()))
+        tokenizer = load_tokenizer(model, metadata)
+        names = {i.name for i in self.session.get_inputs()}
+        self.feeds = [_feed(tokenizer, text, names, max_length) for text in texts]
+
+    def use(self, thresholds: dict[int, float] | None) -> None:
+        """None: database detached (exact); else serve the given layers at the given thresholds."""
+        from attmemo.custom_ops import registry
+        if thresholds is None:
+            registry.detach(self.database.model_id)
+        else:
+            self.database.use_thresholds(thresholds)
+            registry.attach(self.database.model_id, self.database)
+
+    def embed(self, thresholds: dict[int, float] | None) -> np.ndarray:
+        from attmemo.embedding import sentence_embedding
+        self.use(thresholds)
+        try:
+            return np.stack([sentence_embedding(self.session.run(None, feed)[0], feed["attention_mask"])[0]
+                             for feed in self.feeds])
+        finally:
+            self.use(None)
+
+    def trial(self, thresholds, exact, labels, centroids) -> Trial:
+        self.database.stats.reset()
+        memo = self.embed(thresholds)
+        stats = self.database.stats.snapshot()
+        loss = None
+        if labels is not None:
+            loss = _accuracy(exact, labels, centroids) - _accuracy(memo, labels, centroids)
+        return Trial(dict(thresholds), {layer: stats.get(layer, {}).get("hits", 0) / len(self.feeds)
+                                        for layer in thresholds},
+                     dataclasses.asdict(cosine_stats(memo, exact)), loss)
+
+    def latency_ratios(self, choices: list[dict[int, float]], rounds: int) -> list[float]:
+        """Per choice, the median over texts and rounds of (time with it / time off), interleaved."""
+        configs = [None, *choices]
+        ratios = [[] for _ in choices]
+        for feed in self.feeds:
+            self.use(None)
+            self.session.run(None, feed)  # warm up
+            times = [[] for _ in configs]
+            for r in range(rounds):
+                order = list(range(len(configs)))
+                order = order[r % len(order):] + order[:r % len(order)]
+                for i in order:
+                    self.use(configs[i])
+                    begin = time.perf_counter()
+                    self.session.run(None, feed)
+                    times[i].append(time.perf_counter() - begin)
+            self.use(None)
+            for i in range(len(choices)):
+                ratios[i].extend(np.array(times[i + 1]) / np.array(times[0]))
+        return [float(np.median(r)) for r in ratios]
+
+
+def _feed(tokenizer, text: str, names: set[str], max_length: int) -> dict[str, np.ndarray]:
+    encoded = tokenizer(text, truncation=True, max_length=max_length, return_tensors="np")
+    return {k: v.astype(np.int64) for k, v in encoded.items() if k in names}
+
+
+def _centroids(embeddings: np.ndarray, labels: Sequence[str]) -> dict[str, np.ndarray]:
+    """Nearest-centroid classifier fitted on the exact embeddings (the task the budget protects)."""
+    labels = np.asarray(labels)
+    return {label: embeddings[labels == label].mean(axis=0) for label in sorted(set(labels.tolist()))}
+
+
+def _accuracy(embeddings: np.ndarray, labels: Sequence[str], centroids: dict[str, np.ndarray]) -> float:
+    names = list(centroids)
+    scores = embeddings @ np.stack([centroids[n] for n in names]).T
+    return float(np.mean(np.array(names)[scores.argmax(axis=1)] == np.asarray(labels)))

