@@ -157,12 +157,16 @@ class _Runner:
         import onnxruntime as ort
 
         from attmemo.bench import quiet_session_options
-        from attmemo.session import session_options
+        from attmemo.session import _exact_model_bytes, session_options
         from attmemo.store.recorder import load_tokenizer
 
         metadata = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
         self.database = database
         self.session = ort.InferenceSession(str(model), session_options(sess_options=quiet_session_options()))
+        # "Off" is timed as what a switched-off database runs: the exact model (see attmemo.session).
+        exact = _exact_model_bytes(model)
+        self.off_session = (ort.InferenceSession(exact, quiet_session_options()) if exact is not None
+                            else self.session)
         tokenizer = load_tokenizer(model, metadata)
         names = {i.name for i in self.session.get_inputs()}
         self.feeds = [_feed(tokenizer, text, names, max_length) for text in texts]
@@ -197,20 +201,25 @@ class _Runner:
                      dataclasses.asdict(cosine_stats(memo, exact)), loss)
 
     def latency_ratios(self, choices: list[dict[int, float]], rounds: int) -> list[float]:
-        """Per choice, the median over texts and rounds of (time with it / time off), interleaved."""
+        """Per choice, the median over texts and rounds of (time with it / time off), interleaved.
+
+        Off is the exact model; a choice runs the rewritten model with the database serving it.
+        """
         configs = [None, *choices]
         ratios = [[] for _ in choices]
         for feed in self.feeds:
             self.use(None)
             self.session.run(None, feed)  # warm up
+            self.off_session.run(None, feed)
             times = [[] for _ in configs]
             for r in range(rounds):
                 order = list(range(len(configs)))
                 order = order[r % len(order):] + order[:r % len(order)]
                 for i in order:
                     self.use(configs[i])
+                    session = self.off_session if configs[i] is None else self.session
                     begin = time.perf_counter()
-                    self.session.run(None, feed)
+                    session.run(None, feed)
                     times[i].append(time.perf_counter() - begin)
             self.use(None)
             for i in range(len(choices)):

@@ -87,11 +87,13 @@ def evaluate(workload: str, *, max_length: int, workdir: Path, settings: EvalSet
                             progress=lambda line: say(f"  calibrate: {line}"))
     database = MemoDatabase.open(db_dir)
     thresholds = database.thresholds
+    layers = sorted(database.manifest.layers)
 
-    run = _Queries(paths, database, measured, max_length=max_length)
+    run = _Queries(paths, db_dir, measured, max_length=max_length)
+    say(f"memoized session: {run.sessions['memo'].memo_status}")
     exact = run.embed("plain")
-    memo, hits = run.embed_memo()
-    stored = _Queries(paths, database, w.stored, max_length=max_length)
+    memo, hits = run.embed_memo(layers)
+    stored = _Queries(paths, db_dir, w.stored, max_length=max_length, sessions=("plain",))
     stored_exact = stored.embed("plain")
     accuracy = None
     if measured_labels is not None:
@@ -102,7 +104,6 @@ def evaluate(workload: str, *, max_length: int, workdir: Path, settings: EvalSet
     ceiling = _ceiling(paths["memo"], stored.ids, run.ids[:settings.ceiling_sample], thresholds,
                        database.manifest.threshold)
     alternatives = _alternatives(stored.ids, stored_exact, run.ids, exact)
-    layers = sorted(database.manifest.layers)
     result = {
         "workload": workload, "max_length": max_length, "description": w.description,
         "stored_texts": len(w.stored), "measured_queries": len(measured), "calibration_queries": len(calib),
@@ -131,21 +132,30 @@ def _accuracy(stored_emb, stored_labels, exact, memo, labels) -> dict:
 
 
 class _Queries:
-    """The measured queries as unpadded batch-1 feeds, and the sessions that run them."""
+    """Texts as unpadded batch-1 feeds, and the sessions that run them.
 
-    def __init__(self, paths, database, texts, *, max_length: int):
+    "memo" is what a user of the database runs: attmemo.InferenceSession with it
+    (the exact model if calibration switched every layer off).
+    """
+
+    def __init__(self, paths, db_dir: Path, texts, *, max_length: int, sessions=("plain", "memo", "oracle")):
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
         from attmemo.bench import quiet_session_options
         from attmemo.export.hf_export import tokenizer_dir_for
-        from attmemo.session import session_options
+        from attmemo.session import InferenceSession, session_options
 
-        self.paths, self.database, self.texts = paths, database, list(texts)
+        self.paths, self.texts = paths, list(texts)
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir_for(paths["memo"])))
-        self.sessions = {name: ort.InferenceSession(str(paths[name]),
-                                                    session_options(sess_options=quiet_session_options()))
-                         for name in ("plain", "memo", "oracle")}
+        self.sessions = {}
+        for name in sessions:
+            if name == "memo":
+                self.sessions[name] = InferenceSession(str(paths[name]), db=db_dir,
+                                                       sess_options=quiet_session_options())
+            else:
+                self.sessions[name] = ort.InferenceSession(str(paths[name]),
+                                                           session_options(sess_options=quiet_session_options()))
         names = {i.name for i in self.sessions["plain"].get_inputs()}
         self.ids = [np.asarray(tokenizer(t, truncation=True, max_length=max_length)["input_ids"], np.int64)
                     for t in self.texts]
@@ -156,17 +166,14 @@ class _Queries:
         return np.stack([sentence_embedding(self.sessions[name].run(None, f)[0], f["attention_mask"])[0]
                          for f in self.feeds])
 
-    def embed_memo(self) -> tuple[np.ndarray, dict[int, float]]:
-        from attmemo.custom_ops import registry
-        self.database.stats.reset()
-        registry.attach(self.database.model_id, self.database)
-        try:
-            embeddings = self.embed("memo")
-        finally:
-            registry.detach(self.database.model_id)
-        stats = self.database.stats.snapshot()
-        return embeddings, {layer: stats.get(layer, {}).get("hits", 0) / len(self.feeds)
-                            for layer in self.database.manifest.layers}
+    def embed_memo(self, layers) -> tuple[np.ndarray, dict[int, float]]:
+        """Embeddings of the memoized session and, per layer, the share of texts that reused attention."""
+        session = self.sessions["memo"]
+        before = session.memo_stats()
+        embeddings = self.embed("memo")
+        after = session.memo_stats()
+        hits = {layer: after.get(layer, {}).get("hits", 0) - before.get(layer, {}).get("hits", 0) for layer in layers}
+        return embeddings, {layer: h / len(self.feeds) for layer, h in hits.items()}
 
     def true_probs(self, indices) -> list[dict[int, np.ndarray]]:
         """Per query, {layer: float32[H, n, n]} of the exact model (recording model)."""
@@ -178,24 +185,19 @@ class _Queries:
 
     def latency(self, count: int, rounds: int) -> dict[str, float]:
         from attmemo import bench
-        from attmemo.custom_ops import registry
         chosen = list(range(min(count, len(self.feeds))))
         probs = self.true_probs(chosen)
         sessions = {"baseline": self.sessions["plain"], "oracle": self.sessions["oracle"],
                     "memo": self.sessions["memo"]}
         ms = {name: [] for name in sessions}
         ratio = {name: [] for name in sessions}
-        registry.attach(self.database.model_id, self.database)
-        try:
-            for i, p in zip(chosen, probs):
-                oracle = {f"attmemo.probs.{layer}": P[None] for layer, P in p.items()}
-                t = bench.interleaved(sessions, self.feeds[i], baseline="baseline", rounds=rounds,
-                                      extra_feeds={"oracle": oracle})
-                for name in sessions:
-                    ms[name].append(t.median_ms[name])
-                    ratio[name].append(t.ratio[name])
-        finally:
-            registry.detach(self.database.model_id)
+        for i, p in zip(chosen, probs):
+            oracle = {f"attmemo.probs.{layer}": P[None] for layer, P in p.items()}
+            t = bench.interleaved(sessions, self.feeds[i], baseline="baseline", rounds=rounds,
+                                  extra_feeds={"oracle": oracle})
+            for name in sessions:
+                ms[name].append(t.median_ms[name])
+                ratio[name].append(t.ratio[name])
         return {**{name: float(np.median(v)) for name, v in ms.items()},
                 "ratio": {name: float(np.median(v)) for name, v in ratio.items()}, "timed_queries": len(chosen)}
 

@@ -108,3 +108,28 @@ def test_calibrate_cli_prints_the_choice_and_writes_it(db_copy, tmp_path):
     assert "with labels" in result.stdout and "accuracy loss" in result.stdout
     assert "memoization is switched off" in result.stdout
     assert json.loads((db / "manifest.json").read_text())["serving"]["thresholds"] == {}
+
+
+def test_a_database_switched_off_runs_the_exact_model(db_copy):
+    """No Python op, no If: the session runs what the unmodified export runs, bit for bit."""
+    import onnx_ir as ir
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    from attmemo.export.hf_export import tokenizer_dir_for
+    from attmemo.transforms.unfuse import exact_model
+
+    model, db = db_copy
+    serving.write(db, thresholds={}, measured={})
+    session = attmemo.InferenceSession(str(model), db=db)
+    assert session.memo_status.startswith("off:") and "exact model" in session.memo_status
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir_for(model)))
+    names = {i.name for i in session.get_inputs()}
+    feed = {k: v.astype(np.int64) for k, v in tokenizer(TINY_CORPUS[:3], padding=True, return_tensors="np").items()
+            if k in names}
+    with_ifs = ort.InferenceSession(str(model), attmemo.session_options()).run(None, feed)[0]
+    assert np.array_equal(session.run(None, feed)[0], with_ifs)
+
+    plain = ir.load(model)
+    assert exact_model(plain) == 2
+    assert not any(n.domain.startswith("attmemo") or n.op_type == "If" for n in plain.graph)

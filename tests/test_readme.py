@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -29,3 +30,12 @@ def test_readme_demo_command_runs(tmp_path):
     assert "rewrote 6 of 6 attention layers" in result.stdout
     assert "max |difference| to the unmodified export = 0.00e+00" in result.stdout
     assert (tmp_path / "minilm.onnx").exists()
+    # calibrate + eval on the workload where reuse is real and the one where it is not
+    for workload in ("edited", "diverse"):
+        assert f"workload {workload}, max 256 tokens" in result.stdout
+        data = json.loads((tmp_path / f"eval-{workload}.json").read_text())
+        assert data["cosine"]["mean"] >= 0.99 and data["cosine"]["p1"] >= 0.97, "the default budget holds"
+        assert (tmp_path / f"eval-{workload}.png").exists()
+    assert json.loads((tmp_path / "eval-edited.json").read_text())["memo_rate"] > 0.5
+    disk = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    assert disk < 2 * 2**30, f"the README promises under 2 GB, the demo wrote {disk / 2**30:.2f} GiB"

@@ -6,6 +6,9 @@ recording_model: every MemoAttention call is replaced by its exact branch, and
 oracle_model: every layer's P is a graph *input* and the nodes that only fed P
     are gone. No memoization scheme can be faster than feeding the true P for
     free; benchmarks report it side by side.
+exact_model: every MemoAttention call is replaced by its exact branch and the
+    gate is gone: the unmodified model again, with no Python op and no If.
+    attmemo.InferenceSession runs this when calibration switched memoization off.
 """
 
 from __future__ import annotations
@@ -45,6 +48,16 @@ def recording_model(model: ir.Model) -> list[LayerValues]:
     RemoveUnusedNodesPass()(model)  # the MemoGate that fed the calls
     RemoveUnusedFunctionsPass()(model)
     return layers
+
+
+def exact_model(model: ir.Model) -> int:
+    """Rewrite ``model`` in place into plain ONNX computing exactly what it computed; return the calls removed."""
+    calls = memo_calls(model)
+    for call in calls:
+        _inline_exact(model, call, prefix=f"attmemo.L{call.attributes.get_int('layer')}.")
+    RemoveUnusedNodesPass()(model)  # the MemoGate and the "still hitting" constant
+    RemoveUnusedFunctionsPass()(model)
+    return len(calls)
 
 
 def oracle_model(model: ir.Model) -> list[str]:
