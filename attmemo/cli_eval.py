@@ -88,6 +88,9 @@ def eval_main(args) -> int:
 
     if args.stored < 2 or args.queries < 4 or args.rounds < 1:
         raise ValueError("--stored must be at least 2, --queries at least 4 and --rounds at least 1.")
+    if not 2 <= args.max_length <= evaluation.MAX_LENGTH:
+        raise ValueError(f"--max-length {args.max_length} is outside 2..{evaluation.MAX_LENGTH}, the range of the "
+                         "bundled all-MiniLM-L6-v2; give a length in it.")
     settings = EvalSettings(stored=args.stored, queries=args.queries, rounds=args.rounds)
     result = evaluation.evaluate(args.workload, max_length=args.max_length, workdir=Path(args.workdir),
                                  settings=settings, say=lambda line: print(line, flush=True))

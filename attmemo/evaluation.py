@@ -28,6 +28,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+MAX_LENGTH = 512   # all-MiniLM-L6-v2's position table
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
@@ -68,9 +70,8 @@ def evaluate(workload: str, *, max_length: int, workdir: Path, settings: EvalSet
     from attmemo.store.build import build_database
     from attmemo.workloads import make_workload, write_corpus
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    paths = models(workdir)
     w = make_workload(workload, stored=settings.stored, queries=settings.queries, seed=settings.seed)
+    paths = models(workdir)
     calib, measured = w.queries[0::2], w.queries[1::2]
     calib_labels = w.query_labels[0::2] if w.query_labels else None
     measured_labels = w.query_labels[1::2] if w.query_labels else None

@@ -307,6 +307,28 @@ CASES: list[tuple[str, Callable[[Inputs], list], str]] = [
     ("verify-db: truncated value file", lambda f: ["attmemo", "verify-db", damaged_db(f, "truncate")],
      "the manifest says"),
     ("verify-db: flipped byte", lambda f: ["attmemo", "verify-db", damaged_db(f, "flip")], "checksum differs"),
+    # attmemo calibrate
+    ("calibrate: missing model", lambda f: ["attmemo", "calibrate", f.tmp / "missing.onnx", "--corpus", f.corpus()],
+     "no such file"),
+    ("calibrate: plain model", lambda f: ["attmemo", "calibrate", f.plain(), "--corpus", f.corpus()],
+     "not a MemoAttention model"),
+    ("calibrate: no database", lambda f: ["attmemo", "calibrate", f.memo(), "--corpus", f.corpus(),
+                                          "--db", f.tmp / "nowhere.memo"], "no such database folder"),
+    ("calibrate: bad budget", lambda f: ["attmemo", "calibrate", f.memo(), "--corpus", f.corpus(),
+                                         "--budget", "0.99"], "is not three numbers"),
+    ("calibrate: empty corpus", lambda f: ["attmemo", "calibrate", f.memo(), "--corpus", f.write("empty.txt", ""),
+                                           "--db", f.db()], "needs held-out texts"),
+    ("calibrate: --max-length beyond the model", lambda f: ["attmemo", "calibrate", f.memo(), "--corpus", f.corpus(),
+                                                           "--max-length", "100000"], "exceeds the model's maximum"),
+    # attmemo eval
+    ("eval: unknown workload", lambda f: ["attmemo", "eval", "--workload", "poetry"], "invalid choice"),
+    ("eval: too few stored texts", lambda f: ["attmemo", "eval", "--workload", "edited", "--stored", "1",
+                                              "--workdir", f.tmp / "ev"], "--stored must be at least 2"),
+    ("eval: more queries than the workload has", lambda f: ["attmemo", "eval", "--workload", "edited", "--stored", "8",
+                                                            "--queries", "9", "--workdir", f.tmp / "ev"],
+     "must be at most stored"),
+    ("eval: --max-length beyond the model", lambda f: ["attmemo", "eval", "--workload", "edited", "--max-length",
+                                                       "100000", "--workdir", f.tmp / "ev"], "outside 2..512"),
     # no command at all
     ("attmemo: unknown command", lambda f: ["attmemo", "frobnicate"], "invalid choice"),
 ]
