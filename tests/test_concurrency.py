@@ -70,13 +70,13 @@ def _detach(tiny_db):
 
 
 def _hits(sessions) -> list[int]:
-    """Hits per layer counted by the databases of ``sessions``.
+    """Hits per layer counted by the database objects of ``sessions``, each object once.
 
-    Each session opens its own database object and the last one attached serves every
-    session of the model (custom_ops/registry.py), so each lookup is counted by exactly
-    one of them: the sum is the total.
+    Sessions over one folder share one database object (attmemo/session.py), which
+    counts every lookup of the model routed to it (custom_ops/registry.py).
     """
-    stats = [s.memo_stats() for s in sessions]
+    databases = {id(s._memo): s._memo for s in sessions}.values()
+    stats = [d.stats.snapshot() for d in databases]
     return [sum(s.get(layer, {}).get("hits", 0) for s in stats) for layer in range(len(HITS[0]))]
 
 
@@ -103,6 +103,8 @@ def _total_hits(repeats: int) -> list[int]:
 def test_threads_with_a_session_each_match_a_single_thread(tiny_db, requests, single_thread):
     model, db, _ = tiny_db
 
+    before = _hits([attmemo.InferenceSession(str(model), db=db)])
+
     def serve(seed: int):
         session = attmemo.InferenceSession(str(model), db=db)   # created while the other threads serve
         return session, [(i, session.run(None, requests[i])[0]) for i in _schedule(seed, len(requests))]
@@ -112,12 +114,14 @@ def test_threads_with_a_session_each_match_a_single_thread(tiny_db, requests, si
         assert len(runs) == ROUNDS * len(requests)
         for i, output in runs:
             np.testing.assert_array_equal(output, single_thread[i])
-    assert _hits([session for session, _ in results]) == _total_hits(THREADS * ROUNDS)
+    after = _hits([session for session, _ in results])
+    assert [a - b for a, b in zip(after, before)] == _total_hits(THREADS * ROUNDS)
 
 
 def test_threads_sharing_one_session_match_a_single_thread(tiny_db, requests, single_thread):
     model, db, _ = tiny_db
     session = attmemo.InferenceSession(str(model), db=db)
+    before = _hits([session])
 
     def serve(seed: int):
         return [(i, session.run(None, requests[i])[0]) for i in _schedule(seed, len(requests))]
@@ -125,7 +129,7 @@ def test_threads_sharing_one_session_match_a_single_thread(tiny_db, requests, si
     for runs in _in_threads(serve, list(range(THREADS))):
         for i, output in runs:
             np.testing.assert_array_equal(output, single_thread[i])
-    assert _hits([session]) == _total_hits(THREADS * ROUNDS)
+    assert [a - b for a, b in zip(_hits([session]), before)] == _total_hits(THREADS * ROUNDS)
 
 
 # One serving process: opens the database, says "ready", waits for "go" on stdin (so that both
