@@ -49,7 +49,7 @@ class Budget:
 class Trial:
     """One serving choice measured on the held-out texts."""
     thresholds: dict[int, float]           # layer -> tau; a layer not listed never looks up
-    hit_rate: dict[int, float]             # layer -> hits / texts
+    hit_rate: dict[int, float]             # layer -> hits / texts, every layer of the database
     cosine: dict[str, float]               # mean, p1, min
     accuracy_loss: float | None            # exact accuracy - memo accuracy (fraction), None without labels
     latency_ratio: float | None = None     # median of (this / off), interleaved; None if not timed
@@ -99,7 +99,7 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
     say = progress or (lambda _line: None)
 
     exact = runner.embed(None)
-    centroids = _centroids(exact, labels) if labels is not None else None
+    centroids = nearest_centroids(exact, labels) if labels is not None else None
     trials = []
     for tau in thresholds:
         everywhere = {layer: tau for layer in database.manifest.layers}
@@ -157,14 +157,19 @@ class _Runner:
         import onnxruntime as ort
 
         from attmemo.bench import quiet_session_options
-        from attmemo.session import _exact_model_bytes, session_options
+        from attmemo.custom_ops.registry import MODEL_ID_KEY
+        from attmemo.session import exact_model_bytes, session_options
+        from attmemo.store import MemoDatabaseError
         from attmemo.store.recorder import load_tokenizer
 
         metadata = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+        if metadata.get(MODEL_ID_KEY) != database.model_id:
+            raise MemoDatabaseError(f"{database.folder}: built for model {database.model_id}, but {model} is "
+                                    f"{metadata.get(MODEL_ID_KEY)}; calibrate the database built for this model.")
         self.database = database
         self.session = ort.InferenceSession(str(model), session_options(sess_options=quiet_session_options()))
         # "Off" is timed as what a switched-off database runs: the exact model (see attmemo.session).
-        exact = _exact_model_bytes(model)
+        exact = exact_model_bytes(model)
         self.off_session = (ort.InferenceSession(exact, quiet_session_options()) if exact is not None
                             else self.session)
         tokenizer = load_tokenizer(model, metadata)
@@ -195,9 +200,9 @@ class _Runner:
         stats = self.database.stats.snapshot()
         loss = None
         if labels is not None:
-            loss = _accuracy(exact, labels, centroids) - _accuracy(memo, labels, centroids)
+            loss = centroid_accuracy(exact, labels, centroids) - centroid_accuracy(memo, labels, centroids)
         return Trial(dict(thresholds), {layer: stats.get(layer, {}).get("hits", 0) / len(self.feeds)
-                                        for layer in thresholds},
+                                        for layer in sorted(self.database.manifest.layers)},
                      dataclasses.asdict(cosine_stats(memo, exact)), loss)
 
     def latency_ratios(self, choices: list[dict[int, float]], rounds: int) -> list[float]:
@@ -232,13 +237,13 @@ def _feed(tokenizer, text: str, names: set[str], max_length: int) -> dict[str, n
     return {k: v.astype(np.int64) for k, v in encoded.items() if k in names}
 
 
-def _centroids(embeddings: np.ndarray, labels: Sequence[str]) -> dict[str, np.ndarray]:
+def nearest_centroids(embeddings: np.ndarray, labels: Sequence[str]) -> dict[str, np.ndarray]:
     """Nearest-centroid classifier fitted on the exact embeddings (the task the budget protects)."""
     labels = np.asarray(labels)
     return {label: embeddings[labels == label].mean(axis=0) for label in sorted(set(labels.tolist()))}
 
 
-def _accuracy(embeddings: np.ndarray, labels: Sequence[str], centroids: dict[str, np.ndarray]) -> float:
+def centroid_accuracy(embeddings: np.ndarray, labels: Sequence[str], centroids: dict[str, np.ndarray]) -> float:
     names = list(centroids)
     scores = embeddings @ np.stack([centroids[n] for n in names]).T
     return float(np.mean(np.array(names)[scores.argmax(axis=1)] == np.asarray(labels)))

@@ -127,9 +127,10 @@ def evaluate(workload: str, *, max_length: int, workdir: Path, settings: EvalSet
 
 
 def _accuracy(stored_emb, stored_labels, exact, memo, labels) -> dict:
-    from attmemo.calibrate import _accuracy as accuracy_of, _centroids
-    centroids = _centroids(stored_emb, stored_labels)
-    return {"exact": accuracy_of(exact, labels, centroids), "memo": accuracy_of(memo, labels, centroids)}
+    from attmemo.calibrate import centroid_accuracy, nearest_centroids
+    centroids = nearest_centroids(stored_emb, stored_labels)
+    return {"exact": centroid_accuracy(exact, labels, centroids),
+            "memo": centroid_accuracy(memo, labels, centroids)}
 
 
 class _Queries:

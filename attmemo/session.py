@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -89,6 +90,9 @@ class InferenceSession(ort.InferenceSession):
 
     def __init__(self, path_or_bytes, db: str | os.PathLike | None = None, *, strict: bool | None = None,
                  sess_options: ort.SessionOptions | None = None, **kwargs):
+        if isinstance(db, ort.SessionOptions):
+            raise TypeError("attmemo.InferenceSession(path, db, ...): the second argument is the memo database "
+                            "folder; pass SessionOptions as sess_options=.")
         found = db is None and isinstance(path_or_bytes, (str, os.PathLike)) and default_db_dir(path_or_bytes).is_dir()
         if found:
             db = default_db_dir(path_or_bytes)
@@ -96,7 +100,7 @@ class InferenceSession(ort.InferenceSession):
         self._memo: MemoDatabase | None = None
         database, self.memo_status = _open(db, strict=strict) if db is not None else (None, "no database")
         switched_off = database is not None and not database.thresholds
-        model = _exact_model_bytes(path_or_bytes) if switched_off else None
+        model = exact_model_bytes(path_or_bytes) if switched_off else None
         super().__init__(model or path_or_bytes, sess_options=session_options(None, sess_options), **kwargs)
         if database is None:
             return
@@ -126,7 +130,7 @@ class InferenceSession(ort.InferenceSession):
         return self._memo.stats.snapshot() if self._memo is not None else {}
 
 
-def _exact_model_bytes(path_or_bytes) -> bytes | None:
+def exact_model_bytes(path_or_bytes) -> bytes | None:
     """The model with every MemoAttention replaced by its exact branch, or None if that cannot be made.
 
     When calibration switched memoization off, the rewritten model would still pay one
@@ -156,7 +160,8 @@ def _open(db, *, strict: bool) -> tuple[MemoDatabase | None, str]:
         return None, _refuse(db, error, strict=strict)
 
 
-_opened: dict[tuple, MemoDatabase] = {}
+# Weak: a database no session or registry entry uses any more is closed (its mappings freed).
+_opened: weakref.WeakValueDictionary[tuple, MemoDatabase] = weakref.WeakValueDictionary()
 _opened_lock = threading.Lock()
 
 
@@ -173,9 +178,10 @@ def _shared(folder: Path) -> MemoDatabase:
     except OSError:
         return MemoDatabase.open(folder)   # raises the one-sentence error for a missing database
     with _opened_lock:
-        if version not in _opened:
-            _opened[version] = MemoDatabase.open(folder)
-        return _opened[version]
+        database = _opened.get(version)
+        if database is None:
+            database = _opened[version] = MemoDatabase.open(folder)
+        return database
 
 
 def _refuse(db, error: MemoDatabaseError, *, strict: bool) -> str:
