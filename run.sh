@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up and run attmemo from a fresh clone:
-#   ./run.sh demo     export the bundled all-MiniLM-L6-v2 and run text through it
+#   ./run.sh demo     export the bundled all-MiniLM-L6-v2, then calibrate + eval on edited and diverse text
 #   ./run.sh test     run the test suite
 # Creates ./.venv on first use (or when pyproject.toml changes) and installs
 # attmemo with its export, eval and test extras. Extra arguments go to the command.
