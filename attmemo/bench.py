@@ -19,6 +19,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from .session import session_options
+from .store.recorder import unpadded_inputs
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def encoder_feed(session: ort.InferenceSession, *, batch: int, seq_len: int, see
     rng = np.random.default_rng(seed)
     high = 5000 if vocab_size is None else min(5000, vocab_size)
     ids = rng.integers(min(1000, high // 2), high, size=(batch, seq_len), dtype=np.int64)
-    known = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    known = unpadded_inputs(ids)
     return {i.name: known[i.name] for i in session.get_inputs()}
 
 

@@ -65,12 +65,12 @@ def _evaluate(workdir: Path, workloads: tuple[str, ...], out: Callable[[str], No
     """Step 4: attmemo eval on workloads where reuse is real (edited) and where it is not (diverse)."""
     from attmemo import evaluation
 
+    settings = evaluation.EvalSettings()
     for number, workload in enumerate(workloads):
         out(f"{4 + number}. attmemo eval --workload {workload} --max-length {EVAL_LENGTH}: build a database, "
-            f"calibrate, measure ({evaluation.EvalSettings().stored} stored texts, "
-            f"{evaluation.EvalSettings().queries} queries)")
+            f"calibrate, measure ({settings.stored} stored texts, {settings.queries} queries)")
         start = time.perf_counter()
-        result = evaluation.evaluate(workload, max_length=EVAL_LENGTH, workdir=workdir,
+        result = evaluation.evaluate(workload, max_length=EVAL_LENGTH, workdir=workdir, settings=settings,
                                      say=lambda line: out(f"   {line}"))
         for line in evaluation.table(result):
             out(f"   {line}")

@@ -142,14 +142,13 @@ class _Queries:
 
     def __init__(self, paths, db_dir: Path, texts, *, max_length: int, sessions=("plain", "memo", "oracle")):
         import onnxruntime as ort
-        from transformers import AutoTokenizer
 
         from attmemo.bench import quiet_session_options
-        from attmemo.export.hf_export import tokenizer_dir_for
         from attmemo.session import InferenceSession, session_options
+        from attmemo.store.recorder import load_tokenizer, unpadded_inputs
 
         self.paths, self.texts = paths, list(texts)
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir_for(paths["memo"])))
+        tokenizer = load_tokenizer(paths["memo"], {})   # saved beside the model by models()
         self.sessions = {}
         for name in sessions:
             if name == "memo":
@@ -161,7 +160,7 @@ class _Queries:
         names = {i.name for i in self.sessions["plain"].get_inputs()}
         self.ids = [np.asarray(tokenizer(t, truncation=True, max_length=max_length)["input_ids"], np.int64)
                     for t in self.texts]
-        self.feeds = [{k: v for k, v in _encoder_feed(ids).items() if k in names} for ids in self.ids]
+        self.feeds = [{k: v for k, v in unpadded_inputs(ids[None]).items() if k in names} for ids in self.ids]
 
     def embed(self, name: str) -> np.ndarray:
         from attmemo.embedding import sentence_embedding
@@ -202,11 +201,6 @@ class _Queries:
                 ratio[name].append(t.ratio[name])
         return {**{name: float(np.median(v)) for name, v in ms.items()},
                 "ratio": {name: float(np.median(v)) for name, v in ratio.items()}, "timed_queries": len(chosen)}
-
-
-def _encoder_feed(ids: np.ndarray) -> dict[str, np.ndarray]:
-    ids = ids[None, :]
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
 
 
 def _ceiling(model: Path, stored_ids, query_ids, thresholds: dict[int, float], default: float) -> dict:

