@@ -8,9 +8,11 @@ What ``attmemo calibrate`` runs. On held-out texts, with the real model and data
 3. per tau within the quality budget, also "only the layers that hit often": a layer that
    rarely hits costs a lookup per run and, by ending the lookups of later layers when
    nothing hit, can hide their hits;
-4. the latency of the best candidates and of "off", interleaved on the same texts; the
-   fastest within budget wins only if it beats "off" by ``min_gain``, else memoization is
-   switched off (every layer then takes the exact path after one tiny gate call per run).
+4. the document key (attmemo.document_tier) at each share of matching positions in
+   DOCUMENT_THRESHOLDS, every layer reusing on a hit and misses running the exact model;
+5. the latency of the best candidates of each kind and of "off", interleaved on the same
+   texts; the fastest within budget wins only if it beats "off" by ``min_gain``, else
+   memoization is switched off (sessions then run the exact model).
 
 The choice is written into the database's manifest (``serving``), which sessions honour.
 """
@@ -26,10 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from .ceiling import cosine_stats
+from .store.serving import Documents
 
 log = logging.getLogger(__name__)
 
 THRESHOLDS = (0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
+DOCUMENT_THRESHOLDS = (1.0, 0.98, 0.95, 0.9, 0.85, 0.8)   # share of positions with the same token
 OFTEN = 0.5   # "hits often": at least this share of a layer's lookups hit
 
 
@@ -53,17 +57,27 @@ class Trial:
     cosine: dict[str, float]               # mean, p1, min
     accuracy_loss: float | None            # exact accuracy - memo accuracy (fraction), None without labels
     latency_ratio: float | None = None     # median of (this / off), interleaved; None if not timed
+    documents: Documents | None = None     # the document key's threshold and layers, None if not used
 
     @property
     def memo_rate(self) -> float:
         """Share of all (text, layer) attention computations reused."""
         return float(np.mean(list(self.hit_rate.values()))) if self.hit_rate else 0.0
 
+    @property
+    def serves(self) -> bool:
+        return bool(self.thresholds) or self.documents is not None
+
     def describe(self) -> str:
-        if not self.thresholds:
-            return "off"
-        taus = sorted(set(self.thresholds.values()))
-        return f"tau {'/'.join(f'{t:g}' for t in taus)} on layers {','.join(map(str, sorted(self.thresholds)))}"
+        parts = []
+        if self.documents is not None:
+            parts.append(f"document key {self.documents.threshold:g} on layers "
+                         f"{','.join(map(str, self.documents.layers))}")
+        if self.thresholds:
+            taus = sorted(set(self.thresholds.values()))
+            parts.append(f"tau {'/'.join(f'{t:g}' for t in taus)} on layers "
+                         f"{','.join(map(str, sorted(self.thresholds)))}")
+        return " + ".join(parts) or "off"
 
 
 @dataclasses.dataclass
@@ -76,8 +90,9 @@ class Calibration:
 
 def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | None = None, *,
               db: str | Path | None = None, budget: Budget = Budget(), max_length: int | None = None,
-              thresholds: Sequence[float] = THRESHOLDS, rounds: int = 5, min_gain: float = 0.01,
-              write: bool = True, progress: Callable[[str], None] | None = None) -> Calibration:
+              thresholds: Sequence[float] = THRESHOLDS, document_thresholds: Sequence[float] = DOCUMENT_THRESHOLDS,
+              rounds: int = 5, min_gain: float = 0.01, write: bool = True,
+              progress: Callable[[str], None] | None = None) -> Calibration:
     """Measure candidate serving choices on ``texts`` and (``write``) store the best in the database.
 
     texts: held-out texts (not the ones the database was built from, or the
@@ -100,24 +115,29 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
 
     exact = runner.embed(None)
     centroids = nearest_centroids(exact, labels) if labels is not None else None
-    trials = []
+
+    def measure(thresholds: dict[int, float], documents: Documents | None = None) -> Trial:
+        trial = runner.trial(thresholds, documents, exact, labels, centroids)
+        say(f"{trial.describe()}: memo rate {trial.memo_rate:.2f}, cosine mean {trial.cosine['mean']:.4f} "
+            f"p1 {trial.cosine['p1']:.4f}" + _accuracy_text(trial))
+        return trial
+
+    layer_trials = []
     for tau in thresholds:
         everywhere = {layer: tau for layer in database.manifest.layers}
-        trial = runner.trial(everywhere, exact, labels, centroids)
-        trials.append(trial)
-        say(f"tau {tau:g}, all layers: memo rate {trial.memo_rate:.2f}, cosine mean {trial.cosine['mean']:.4f} "
-            f"p1 {trial.cosine['p1']:.4f}" + _accuracy_text(trial))
-        often = {layer: tau for layer, rate in trial.hit_rate.items() if rate >= OFTEN}
-        if budget.holds(trial) and often and often != everywhere:
-            trials.append(runner.trial(often, exact, labels, centroids))
-            say(f"tau {tau:g}, {trials[-1].describe()}: memo rate {trials[-1].memo_rate:.2f}, "
-                f"cosine mean {trials[-1].cosine['mean']:.4f} p1 {trials[-1].cosine['p1']:.4f}")
+        layer_trials.append(measure(everywhere))
+        often = {layer: tau for layer, rate in layer_trials[-1].hit_rate.items() if rate >= OFTEN}
+        if budget.holds(layer_trials[-1]) and often and often != everywhere:
+            layer_trials.append(measure(often))
+    document_trials = []
+    if database.documents is not None:
+        every_layer = tuple(sorted(database.manifest.layers))
+        document_trials = [measure({}, Documents(tau, every_layer)) for tau in document_thresholds]
 
     off = Trial({}, {}, {"mean": 1.0, "p1": 1.0, "min": 1.0}, 0.0 if labels is not None else None, 1.0)
-    candidates = _distinct(sorted((t for t in trials if budget.holds(t) and t.memo_rate > 0),
-                                  key=lambda t: -t.memo_rate))[:3]
+    candidates = [*_best(layer_trials, budget, 2), *_best(document_trials, budget, 2)]
     if candidates:
-        for trial, ratio in zip(candidates, runner.latency_ratios([c.thresholds for c in candidates], rounds)):
+        for trial, ratio in zip(candidates, runner.latency_ratios(candidates, rounds)):
             trial.latency_ratio = ratio
             say(f"latency {trial.describe()}: {ratio:.3f} of off")
     best = min(candidates, key=lambda t: t.latency_ratio, default=None)
@@ -125,16 +145,18 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
     if write:
         _write_choice(folder, chosen, budget, texts=len(texts))
     say(f"chosen: {chosen.describe()}")
-    return Calibration(chosen=chosen, trials=trials, texts=len(texts), seconds=time.perf_counter() - start)
+    return Calibration(chosen=chosen, trials=[*layer_trials, *document_trials], texts=len(texts),
+                       seconds=time.perf_counter() - start)
 
 
-def _distinct(trials: list[Trial]) -> list[Trial]:
-    """Drop a trial that hits exactly where an earlier one (a higher threshold) does: the safer one wins."""
+def _best(trials: list[Trial], budget: Budget, count: int) -> list[Trial]:
+    """The ``count`` trials within budget that reuse the most, dropping any that hits exactly where
+    an earlier one (a higher threshold) does: the safer one wins."""
     kept: list[Trial] = []
-    for trial in trials:
+    for trial in sorted((t for t in trials if budget.holds(t) and t.memo_rate > 0), key=lambda t: -t.memo_rate):
         if not any(k.hit_rate == trial.hit_rate and set(k.thresholds) == set(trial.thresholds) for k in kept):
             kept.append(trial)
-    return kept
+    return kept[:count]
 
 
 def _accuracy_text(trial: Trial) -> str:
@@ -143,14 +165,20 @@ def _accuracy_text(trial: Trial) -> str:
 
 def _write_choice(folder: Path, chosen: Trial, budget: Budget, *, texts: int) -> None:
     from attmemo.store import serving
-    serving.write(folder, thresholds=chosen.thresholds, measured={
+    serving.write(folder, thresholds=chosen.thresholds, documents=chosen.documents, measured={
         "texts": texts, "memo_rate": chosen.memo_rate, "hit_rate": {str(k): v for k, v in chosen.hit_rate.items()},
         "cosine": chosen.cosine, "accuracy_loss": chosen.accuracy_loss, "latency_ratio": chosen.latency_ratio,
         "budget": dataclasses.asdict(budget)})
 
 
 class _Runner:
-    """The memoized model over the held-out texts, one unpadded text per run (batch 1)."""
+    """The held-out texts, one unpadded text per run (batch 1), under each serving choice.
+
+    Three sessions: the rewritten model (per-layer lookups, the database attached
+    to the op registry only while a choice with thresholds runs), the exact model
+    (what "off" and a document-key miss run) and the fed model of every layer (a
+    document-key hit), as attmemo.InferenceSession would run them.
+    """
 
     def __init__(self, model: Path, database, texts: Sequence[str], *, max_length: int):
         import onnx
@@ -158,7 +186,8 @@ class _Runner:
 
         from attmemo.bench import quiet_session_options
         from attmemo.custom_ops.registry import MODEL_ID_KEY
-        from attmemo.session import exact_model_bytes, session_options
+        from attmemo.document_tier import DocumentTier
+        from attmemo.session import exact_model, fed_model, rewritten_model_bytes, session_options
         from attmemo.store import MemoDatabaseError
         from attmemo.store.recorder import load_tokenizer
 
@@ -168,10 +197,16 @@ class _Runner:
                                     f"{metadata.get(MODEL_ID_KEY)}; calibrate the database built for this model.")
         self.database = database
         self.session = ort.InferenceSession(str(model), session_options(sess_options=quiet_session_options()))
-        # "Off" is timed as what a switched-off database runs: the exact model (see attmemo.session).
-        exact = exact_model_bytes(model)
+        exact = rewritten_model_bytes(model, exact_model)
         self.off_session = (ort.InferenceSession(exact, quiet_session_options()) if exact is not None
                             else self.session)
+        self.fed_session, self.tier = None, None
+        if database.documents is not None:
+            every_layer = tuple(sorted(database.manifest.layers))
+            fed = rewritten_model_bytes(model, lambda m: fed_model(m, every_layer))
+            if fed is not None:
+                self.fed_session = ort.InferenceSession(fed, quiet_session_options())
+                self.tier = DocumentTier(database, Documents(1.0, every_layer))
         tokenizer = load_tokenizer(model, metadata)
         names = {i.name for i in self.session.get_inputs()}
         self.feeds = [_feed(tokenizer, text, names, max_length) for text in texts]
@@ -185,47 +220,57 @@ class _Runner:
             self.database.use_thresholds(thresholds)
             registry.attach(self.database.model_id, self.database)
 
-    def embed(self, thresholds: dict[int, float] | None) -> np.ndarray:
+    def run(self, feed: dict, thresholds: dict[int, float], documents: Documents | None) -> np.ndarray:
+        """The model's first output for ``feed`` under one serving choice ({} and None: off).
+
+        With thresholds, the caller has attached them (``use``): that is not part of a run.
+        """
+        if documents is not None and self.tier is not None:
+            self.tier.choice = documents
+            fed = self.tier.feeds(feed)
+            if fed is not None:
+                return self.fed_session.run(None, fed)[0]
+        return (self.session if thresholds else self.off_session).run(None, feed)[0]
+
+    def embed(self, thresholds: dict[int, float] | None, documents: Documents | None = None) -> np.ndarray:
         from attmemo.embedding import sentence_embedding
-        self.use(thresholds)
+        self.use(thresholds or None)
         try:
-            return np.stack([sentence_embedding(self.session.run(None, feed)[0], feed["attention_mask"])[0]
-                             for feed in self.feeds])
+            return np.stack([sentence_embedding(self.run(feed, thresholds or {}, documents),
+                                                feed["attention_mask"])[0] for feed in self.feeds])
         finally:
             self.use(None)
 
-    def trial(self, thresholds, exact, labels, centroids) -> Trial:
+    def trial(self, thresholds, documents, exact, labels, centroids) -> Trial:
         self.database.stats.reset()
-        memo = self.embed(thresholds)
+        memo = self.embed(thresholds, documents)
         stats = self.database.stats.snapshot()
         loss = None
         if labels is not None:
             loss = centroid_accuracy(exact, labels, centroids) - centroid_accuracy(memo, labels, centroids)
         return Trial(dict(thresholds), {layer: stats.get(layer, {}).get("hits", 0) / len(self.feeds)
                                         for layer in sorted(self.database.manifest.layers)},
-                     dataclasses.asdict(cosine_stats(memo, exact)), loss)
+                     dataclasses.asdict(cosine_stats(memo, exact)), loss, documents=documents)
 
-    def latency_ratios(self, choices: list[dict[int, float]], rounds: int) -> list[float]:
+    def latency_ratios(self, choices: list[Trial], rounds: int) -> list[float]:
         """Per choice, the median over texts and rounds of (time with it / time off), interleaved.
 
-        Off is the exact model; a choice runs the rewritten model with the database serving it.
+        Off is the exact model; the rest run as ``run`` does, lookups included.
         """
-        configs = [None, *choices]
+        configs = [({}, None), *((c.thresholds, c.documents) for c in choices)]
         ratios = [[] for _ in choices]
         for feed in self.feeds:
-            self.use(None)
-            self.session.run(None, feed)  # warm up
-            self.off_session.run(None, feed)
             times = [[] for _ in configs]
-            for r in range(rounds):
+            for r in range(-1, rounds):   # round -1 warms up
                 order = list(range(len(configs)))
                 order = order[r % len(order):] + order[:r % len(order)]
                 for i in order:
-                    self.use(configs[i])
-                    session = self.off_session if configs[i] is None else self.session
+                    self.use(configs[i][0] or None)
                     begin = time.perf_counter()
-                    session.run(None, feed)
-                    times[i].append(time.perf_counter() - begin)
+                    self.run(feed, *configs[i])
+                    seconds = time.perf_counter() - begin
+                    if r >= 0:
+                        times[i].append(seconds)
             self.use(None)
             for i in range(len(choices)):
                 ratios[i].extend(np.array(times[i + 1]) / np.array(times[0]))

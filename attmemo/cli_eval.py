@@ -62,7 +62,7 @@ def calibrate_main(args) -> int:
     result = calibrate(args.model, texts, labels, db=db, budget=budget, max_length=args.max_length,
                        rounds=args.rounds, progress=lambda line: print(f"  {line}", flush=True))
     chosen = result.chosen
-    if chosen.thresholds:
+    if chosen.serves:
         print(f"serving {chosen.describe()}: memo rate {chosen.memo_rate:.2f}, latency {chosen.latency_ratio:.3f} "
               f"of off, cosine mean {chosen.cosine['mean']:.4f} p1 {chosen.cosine['p1']:.4f}")
     else:

@@ -117,6 +117,9 @@ def evaluate(workload: str, *, max_length: int, workdir: Path, settings: EvalSet
         "build_threshold": database.manifest.threshold,
         "cosine": dataclasses.asdict(cosine_stats(memo, exact)), "accuracy": accuracy, "db_bytes": build.bytes_on_disk,
         "layers": {str(layer): thresholds.get(layer) for layer in layers},
+        "documents": (None if database.document_serving is None else
+                      {"threshold": database.document_serving.threshold,
+                       "layers": list(database.document_serving.layers)}),
         "alternatives": alternatives,
         "calibration": {"chosen": calibration.chosen.describe(), "seconds": calibration.seconds,
                         "trials": [{"choice": t.describe(), "memo_rate": t.memo_rate, "cosine": t.cosine,
@@ -244,8 +247,11 @@ def table(result: dict) -> list[str]:
              f"{'baseline (unmodified model)':34}{lat['baseline']:>8.2f}{1.0:>12.3f}",
              f"{'oracle (true attention, free)':34}{lat['oracle']:>8.2f}{ratio['oracle']:>12.3f}",
              f"{'memoized (calibrated)':34}{lat['memo']:>8.2f}{ratio['memo']:>12.3f}",
-             f"layers served: " + ", ".join(f"L{k} {'off' if v is None else f'tau {v:g}'}"
-                                            for k, v in result["layers"].items()),
+             "document key: " + ("off" if result.get("documents") is None else
+                                 f"threshold {result['documents']['threshold']:g} on layers "
+                                 + ",".join(map(str, result["documents"]["layers"])))
+             + "; per-layer lookups: " + ", ".join(f"L{k} {'off' if v is None else f'tau {v:g}'}"
+                                                   for k, v in result["layers"].items()),
              "memo rate per layer: " + ", ".join(f"L{k} {v:.2f}" for k, v in result["memo_rate_per_layer"].items())
              + f"; overall {result['memo_rate']:.3f}",
              "ceiling (perfect retriever):  " + ", ".join(f"L{k} {v:.2f}" for k, v in

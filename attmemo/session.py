@@ -23,6 +23,7 @@ import os
 import threading
 import weakref
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import onnxruntime as ort
@@ -30,6 +31,7 @@ import onnxruntime as ort
 from attmemo import custom_ops
 from attmemo.custom_ops import registry
 from attmemo.custom_ops.registry import LAYERS_KEY, MODEL_ID_KEY
+from attmemo.document_tier import DocumentTier
 from attmemo.store import MemoDatabase, MemoDatabaseError, default_db_dir
 from attmemo.store.manifest import FILENAME as MANIFEST
 
@@ -80,12 +82,21 @@ class InferenceSession(ort.InferenceSession):
     that fails validation raises MemoDatabaseError (one sentence naming the
     file) or is logged, counted in ``refused_databases`` and left out, the
     session computing exactly; None means True for a ``db`` you give and False
-    for one found beside the model. A database whose calibration switched
-    every layer off runs the exact model (no Python op, no If). ``memo_status``
-    says which happened: "serving <db>", "off: ...", "disabled: <reason>" or
-    "no database".
+    for one found beside the model.
+
+    Two ways to reuse, as the database's ``serving`` section says (attmemo calibrate):
+    the document key, asked by ``run`` before the model runs (one unpadded
+    sequence that matches a stored text position for position runs the fed
+    model, every served layer reading the stored attention; see
+    attmemo.document_tier), and the per-layer lookups inside the model
+    (MemoLookup, for everything else). With the per-layer lookups switched off
+    the model runs as the exact model (no Python op, no If). ``memo_status``
+    says what happened: "serving <db>: ...", "off: ...", "disabled: <reason>"
+    or "no database".
     Accepts every argument onnxruntime's session does; the caller's
-    SessionOptions are honoured.
+    SessionOptions are honoured (by the fed model's session too). Only ``run``
+    asks the document key; ``run_with_ort_values`` and IO binding go straight
+    to the model.
     """
 
     def __init__(self, path_or_bytes, db: str | os.PathLike | None = None, *, strict: bool | None = None,
@@ -98,10 +109,13 @@ class InferenceSession(ort.InferenceSession):
             db = default_db_dir(path_or_bytes)
         strict = not found if strict is None else strict
         self._memo: MemoDatabase | None = None
+        self._documents: DocumentTier | None = None
+        self._fed: ort.InferenceSession | None = None
         database, self.memo_status = _open(db, strict=strict) if db is not None else (None, "no database")
-        switched_off = database is not None and not database.thresholds
-        model = exact_model_bytes(path_or_bytes) if switched_off else None
-        super().__init__(model or path_or_bytes, sess_options=session_options(None, sess_options), **kwargs)
+        layers_off = database is not None and not database.thresholds
+        model = rewritten_model_bytes(path_or_bytes, exact_model) if layers_off else None
+        options = session_options(None, sess_options)
+        super().__init__(model or path_or_bytes, sess_options=options, **kwargs)
         if database is None:
             return
         # The model is compared with the database through the created session's metadata, not
@@ -112,14 +126,44 @@ class InferenceSession(ort.InferenceSession):
         if problem is not None:
             self.memo_status = _refuse(db, MemoDatabaseError(problem), strict=strict)
             return
-        if switched_off:
+        self._memo = database
+        served = []
+        if database.document_serving is not None:
+            self._serve_documents(path_or_bytes, database, options, kwargs)
+        if self._documents is not None:
+            choice = self._documents.choice
+            served.append(f"document key at {choice.threshold:g} on layers {','.join(map(str, choice.layers))}")
+        if not layers_off:
+            registry.attach(database.model_id, database)
+            served.append("per-layer lookups")
+        if not served:
             self.memo_status = (f"off: {db} serves no layer (attmemo calibrate found none where reuse pays); "
                                 f"running the {'exact model' if model else 'model without lookups'}")
             log.info("%s", self.memo_status)
             return
-        registry.attach(database.model_id, database)
-        self._memo = database
-        log.info("serving %s from memo database %s", database.model_id, db)
+        self.memo_status = f"serving {db}: {' and '.join(served)}"
+        log.info("%s (model %s)", self.memo_status, database.model_id)
+
+    def _serve_documents(self, path_or_bytes, database: MemoDatabase, options: ort.SessionOptions, kwargs) -> None:
+        """Create the fed model's session for the document key (attmemo.document_tier); log if it cannot be."""
+        choice = database.document_serving
+        fed = rewritten_model_bytes(path_or_bytes, lambda model: fed_model(model, choice.layers))
+        if fed is None:
+            return
+        try:
+            self._fed = ort.InferenceSession(fed, sess_options=options, **kwargs)
+        except Exception as error:  # noqa: BLE001 - an optimisation: the model itself still serves
+            log.warning("could not load the fed model (%s); serving without the document key", error)
+            return
+        self._documents = DocumentTier(database, choice)
+
+    def run(self, output_names, input_feed, run_options=None):
+        """``onnxruntime.InferenceSession.run``; a document-key hit runs the fed model instead (same outputs)."""
+        if self._documents is not None:
+            fed = self._documents.feeds(input_feed)
+            if fed is not None:
+                return self._fed.run(output_names, fed, run_options)
+        return super().run(output_names, input_feed, run_options)
 
     def memo_stats(self) -> dict[int, dict]:
         """{layer: {"lookups", "hits", "fallbacks", "lookup_seconds"}} of this session's database.
@@ -130,26 +174,37 @@ class InferenceSession(ort.InferenceSession):
         return self._memo.stats.snapshot() if self._memo is not None else {}
 
 
-def exact_model_bytes(path_or_bytes) -> bytes | None:
-    """The model with every MemoAttention replaced by its exact branch, or None if that cannot be made.
+def rewritten_model_bytes(path_or_bytes, rewrite: Callable[[object], object]) -> bytes | None:
+    """The model rewritten in place by ``rewrite`` (transforms.unfuse), or None if that cannot be done.
 
-    When calibration switched memoization off, the rewritten model would still pay one
-    Python gate call and an If per layer on every run: 4-9 % of MiniLM on 10-70 token texts.
-    The exact model costs what the unmodified export costs. Takes ~1 s once, at creation.
+    exact_model: when calibration switched the per-layer lookups off, the rewritten
+    model would still pay one Python gate call and an If per layer on every run: 4-9 %
+    of MiniLM on 10-70 token texts. The exact model costs what the unmodified export costs.
+    fed_model: what a document-key hit runs. Each takes ~1 s once, at creation.
     """
-    if not isinstance(path_or_bytes, (str, os.PathLike)):
-        return None
     try:
+        import onnx
         import onnx_ir as ir
 
-        from attmemo.transforms.unfuse import exact_model
-        model = ir.load(path_or_bytes)
-        exact_model(model)
+        if isinstance(path_or_bytes, (str, os.PathLike)):
+            model = ir.load(path_or_bytes)
+        else:
+            model = ir.serde.deserialize_model(onnx.load_model_from_string(bytes(path_or_bytes)))
+        rewrite(model)
         return ir.serde.serialize_model(model).SerializeToString()
     except Exception as error:  # noqa: BLE001 - an optimisation: the rewritten model is still exact
-        log.warning("could not build the exact model of %s (%s); running it with memoization switched off",
-                    path_or_bytes, error)
+        log.warning("could not rewrite the model (%s: %s); serving it as it is", type(error).__name__, error)
         return None
+
+
+def exact_model(model) -> None:
+    from attmemo.transforms.unfuse import exact_model as rewrite
+    rewrite(model)
+
+
+def fed_model(model, layers) -> None:
+    from attmemo.transforms.unfuse import fed_model as rewrite
+    rewrite(model, layers)
 
 
 def _open(db, *, strict: bool) -> tuple[MemoDatabase | None, str]:

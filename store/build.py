@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import augment, keys, manifest as manifest_file, values
+from . import augment, documents, keys, manifest as manifest_file, values
 from .corpus import iter_texts
 from .database import default_db_dir, layer_dir, lengths_file
 from .manifest import KeySpec, Manifest, MemoDatabaseError
@@ -197,6 +197,8 @@ def _record(recorder: Recorder, token_ids, db: Path, scratch: Path, *, texts: Co
     """Run and append every text; return ({layer: heads}, hidden size, float32[augmented, layers] TV targets)."""
     storage, encode, _ = values.codec(dtype)
     files: dict[object, object] = {}
+    # The document key (documents.py): every stored text's ids, 4 bytes per token in memory.
+    tokens = {b: np.zeros((count, b), np.int32) for b, count in texts.counts.items()}
     heads, hidden_size, aug_targets = {}, 0, []
     total = len(texts.lengths) + len(augmented)
     start, done = time.perf_counter(), 0
@@ -205,6 +207,7 @@ def _record(recorder: Recorder, token_ids, db: Path, scratch: Path, *, texts: Co
             if len(ids) != texts.lengths[i]:
                 raise MemoDatabaseError("the corpus changed while building (a text's length differs between passes).")
             b = int(texts.bucket_of[i])
+            tokens[b][texts.row_of[i], :len(ids)] = ids
             records = recorder.run(ids)
             for layer, (hidden_nD, probs_Hnn) in records.items():
                 heads[layer], hidden_size = probs_Hnn.shape[0], hidden_nD.shape[1]
@@ -229,6 +232,8 @@ def _record(recorder: Recorder, token_ids, db: Path, scratch: Path, *, texts: Co
     finally:
         for f in files.values():
             f.close()
+    for b, table in tokens.items():
+        np.save(_mkparent(db / documents.tokens_file(b)), table, allow_pickle=False)
     return heads, hidden_size, np.array(aug_targets, np.float32).reshape(len(aug_targets), len(heads))
 
 

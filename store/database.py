@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import keys, manifest as manifest_file, serving
+from . import documents as documents_file, keys, manifest as manifest_file, serving
+from .documents import DocumentIndex
 from .index import KeyIndex
 from .manifest import Manifest, MemoDatabaseError
 from .policy import HitPolicy
@@ -67,9 +68,13 @@ class _Layer:
 class MemoDatabase:
     """A loaded database folder. Thread-safe for lookups (everything is read-only but the stats)."""
 
-    def __init__(self, folder: Path, manifest: Manifest, layers: dict[int, _Layer]):
+    def __init__(self, folder: Path, manifest: Manifest, layers: dict[int, _Layer],
+                 documents: DocumentIndex | None = None):
         self.folder, self.manifest, self._layers = folder, manifest, layers
         self._policies = _policies(serving.thresholds_of(manifest))
+        # The document key (documents.py); None for a database built without token tables.
+        self.documents = documents
+        self.document_serving = serving.documents_of(manifest) if documents is not None else None
         self.stats = MemoStats()
         self._logged: set[tuple[int, str]] = set()   # (layer, kind of problem) already logged
         self._bucket_lengths = sorted(manifest.buckets)
@@ -101,7 +106,10 @@ class MemoDatabase:
             raise MemoDatabaseError(f"{where}: does not list {unlisted[0]}, which the database needs; "
                                     "rebuild the database.")
         try:
-            layers = _load_layers(folder, manifest)
+            lengths = {b: _load_lengths(folder / lengths_file(b), count, bucket=b)
+                       for b, count in manifest.buckets.items() if count > 0}
+            layers = _load_layers(folder, manifest, lengths)
+            documents = _load_documents(folder, manifest, lengths)
         except MemoDatabaseError:
             raise
         except (OSError, ValueError, TypeError, KeyError, IndexError, EOFError) as error:
@@ -109,7 +117,7 @@ class MemoDatabase:
             raise MemoDatabaseError(f"{folder}: cannot be loaded ({type(error).__name__}: {error}); "
                                     "rebuild the database.") from error
         log.info("opened memo database %s: %d layers, %s rows", folder, len(layers), sum(manifest.buckets.values()))
-        return cls(folder, manifest, layers)
+        return cls(folder, manifest, layers, documents)
 
     @property
     def model_id(self) -> str:
@@ -143,6 +151,16 @@ class MemoDatabase:
         if unknown:
             raise ValueError(f"the database has no layer {min(unknown)}.")
         self._policies = _policies(thresholds)   # one assignment: concurrent lookups see old or new
+
+    def use_documents(self, choice: serving.Documents | None) -> None:
+        """Serve the document key with ``choice`` from now on (None: not at all), in memory only."""
+        if choice is not None and (self.documents is None or set(choice.layers) - set(self._layers)):
+            raise ValueError("the database has no token tables or not those layers.")
+        self.document_serving = choice
+
+    def stored_block(self, layer: int, bucket: int, row: int) -> np.ndarray:
+        """uint16[H, b, b] unorm16 attention of ``row`` of ``bucket`` (values.py), in place."""
+        return self._layers[layer].buckets[bucket].values.view(row)
 
     def heads(self, layer: int) -> int | None:
         """H of ``layer``'s stored probabilities (None if the database does not serve it)."""
@@ -258,15 +276,14 @@ def files_opened(manifest: Manifest) -> list[str]:
     """Relative paths of every file ``MemoDatabase.open`` reads (each must be listed in the manifest)."""
     stored = [b for b, count in sorted(manifest.buckets.items()) if count > 0]
     names = [lengths_file(b) for b in stored]
+    names += [documents_file.tokens_file(b) for b in stored if documents_file.tokens_file(b) in manifest.files]
     for layer in sorted(manifest.layers):
         names += [f"{layer_dir(layer)}/{keys.weight_file(w)}" for w in keys.WEIGHTS]
         names += [f"{layer_dir(layer)}/b{b}.{kind}" for b in stored for kind in ("ann", "values")]
     return names
 
 
-def _load_layers(folder: Path, manifest: Manifest) -> dict[int, _Layer]:
-    lengths = {b: _load_lengths(folder / lengths_file(b), count, bucket=b)
-               for b, count in manifest.buckets.items() if count > 0}
+def _load_layers(folder: Path, manifest: Manifest, lengths: dict[int, np.ndarray]) -> dict[int, _Layer]:
     layers = {}
     for layer, heads in manifest.layers.items():
         key = keys.KeyEmbedding.load(folder / layer_dir(layer))
@@ -281,6 +298,15 @@ def _load_layers(folder: Path, manifest: Manifest) -> dict[int, _Layer]:
                    for b, count in manifest.buckets.items() if count > 0}
         layers[layer] = _Layer(heads, key, buckets)
     return layers
+
+
+def _load_documents(folder: Path, manifest: Manifest, lengths: dict[int, np.ndarray]) -> DocumentIndex | None:
+    """The document key over the stored token ids; None if the build wrote none (an older database)."""
+    if not all(documents_file.tokens_file(b) in manifest.files for b in lengths):
+        return None
+    tokens = {b: documents_file.load_tokens(folder / documents_file.tokens_file(b), len(lengths[b]), bucket=b)
+              for b in lengths}
+    return DocumentIndex(tokens, lengths)
 
 
 def _load_lengths(path: Path, count: int, *, bucket: int) -> np.ndarray:

@@ -104,7 +104,7 @@ def test_the_pristine_copy_hits_and_matches_the_exact_model(world):
         assert outcome == "served"
         _assert_matches_exact(world, outputs)
         session = attmemo.InferenceSession(str(world["model"]))
-        assert session.memo_status == f"serving {world['copy']}"
+        assert session.memo_status.startswith(f"serving {world['copy']}:")
         before = [s["hits"] for s in session.memo_stats().values()] or [0, 0]  # shared with the strict session
         for feed in world["feeds"]:
             session.run(None, feed)
@@ -208,7 +208,7 @@ def _at(tree, path):
 # --- any file, edited as bytes -------------------------------------------------------------------
 
 FILE_MUTATIONS = ["flip", "truncate", "extend", "delete", "symlink-out"]
-TARGETS = ["manifest.json", "lengths", "key weights", ".ann", ".values"]
+TARGETS = ["manifest.json", "lengths", "tokens", "key weights", ".ann", ".values"]
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -248,7 +248,7 @@ def test_file_mutations_are_refused_unless_only_verify_db_can_see_them(world, op
 
 
 def _kind_of(name: str) -> str:
-    if name == "manifest.json" or name.startswith("lengths/"):
+    if name == "manifest.json" or name.startswith(("lengths/", "tokens/")):
         return name.split("/")[0]
     return "key weights" if "/key." in name else Path(name).suffix
 

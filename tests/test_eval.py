@@ -37,6 +37,7 @@ def test_eval_edited_writes_the_table_json_and_png(tmp_path):
     assert data["ceiling_memo_rate"] >= 0.75
     assert data["db_bytes"] > 0
     served = {k for k, v in data["layers"].items() if v is not None}
+    served |= {str(layer) for layer in (data["documents"] or {}).get("layers", [])}
     assert all(data["memo_rate_per_layer"][k] == 0 for k in data["layers"] if k not in served)
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -1,0 +1,124 @@
+"""The document key: one lookup per run, before the model, for position-aligned near duplicates.
+
+On the tiny bert's real database: a stored text, or one with a token changed in
+place, runs the fed model with every served layer reading the stored attention;
+anything else (another length, padding, a batch, a second segment, too many
+changed tokens) runs the model exactly as without the key.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import attmemo
+from attmemo.store import MemoDatabase, MemoDatabaseError, serving
+from attmemo.store.documents import DocumentIndex
+from conftest import TINY_CORPUS
+
+
+@pytest.fixture
+def documents_only(tiny_db, tmp_path):
+    """A copy of the tiny database serving the document key alone (every layer, threshold 0.9)."""
+    model, db, _ = tiny_db
+    copy = tmp_path / "bert.memo"
+    shutil.copytree(db, copy)
+    serving.write(copy, thresholds={}, documents=serving.Documents(0.9, (0, 1)), measured={})
+    return model, copy
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_db):
+    from transformers import AutoTokenizer
+
+    from attmemo.export.hf_export import tokenizer_dir_for
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir_for(tiny_db[0])))
+
+
+@pytest.fixture(scope="module")
+def exact(tiny_db):
+    """The model with every MemoAttention inlined to its exact branch (what a miss runs)."""
+    from attmemo.session import exact_model, rewritten_model_bytes
+    return ort.InferenceSession(rewritten_model_bytes(tiny_db[0], exact_model))
+
+
+def _ids(tokenizer, text: str) -> np.ndarray:
+    return np.asarray(tokenizer(text)["input_ids"], np.int64)[None]
+
+
+def _feed(session, ids: np.ndarray, **overrides) -> dict[str, np.ndarray]:
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids), **overrides}
+    return {i.name: feed[i.name] for i in session.get_inputs()}
+
+
+def _hits(session) -> list[int]:
+    return [entry["hits"] for _, entry in sorted(session.memo_stats().items())]
+
+
+def test_a_stored_text_runs_the_fed_model_and_gives_the_exact_output(documents_only, tokenizer, exact):
+    model, db = documents_only
+    session = attmemo.InferenceSession(str(model), db=db)
+    assert "document key at 0.9 on layers 0,1" in session.memo_status
+    for text in TINY_CORPUS[:5]:
+        feed = _feed(session, _ids(tokenizer, text))
+        np.testing.assert_allclose(session.run(None, feed)[0], exact.run(None, feed)[0], atol=2e-4)
+    assert _hits(session) == [5, 5]
+
+
+def test_a_token_changed_in_place_still_hits_within_the_threshold(documents_only, tokenizer, exact):
+    model, db = documents_only
+    session = attmemo.InferenceSession(str(model), db=db)
+    stored = _ids(tokenizer, TINY_CORPUS[-1])            # 14 tokens: one change keeps 13/14 = 0.93
+    edited = stored.copy()
+    edited[0, 3] = stored[0, 4]
+    feed = _feed(session, edited)
+    reused = session.run(None, feed)[0]
+    assert _hits(session) == [1, 1]
+    assert not np.allclose(reused, exact.run(None, feed)[0], atol=1e-6), "the stored attention was reused"
+    twice = edited.copy()
+    twice[0, 5] = stored[0, 6]                           # 12/14 = 0.86 < 0.9: a miss, computed exactly
+    feed = _feed(session, twice)
+    np.testing.assert_array_equal(session.run(None, feed)[0], exact.run(None, feed)[0])
+    assert _hits(session) == [1, 1] and session.memo_stats()[0]["lookups"] == 2
+
+
+def test_inputs_the_key_cannot_describe_run_the_model_as_usual(documents_only, tokenizer, exact):
+    model, db = documents_only
+    session = attmemo.InferenceSession(str(model), db=db)
+    ids = _ids(tokenizer, TINY_CORPUS[0])
+    padded = np.concatenate([ids, np.zeros((1, 3), np.int64)], axis=1)
+    cases = {
+        "padding": _feed(session, padded, attention_mask=(padded != 0).astype(np.int64)),
+        "batch of two": _feed(session, np.concatenate([ids, ids])),
+        "second segment": _feed(session, ids, token_type_ids=np.ones_like(ids)),
+        "length never stored": _feed(session, _ids(tokenizer, "price")),
+    }
+    for name, feed in cases.items():
+        np.testing.assert_array_equal(session.run(None, feed)[0], exact.run(None, feed)[0], err_msg=name)
+    assert session.memo_stats() == {}, "none of them was looked up"
+
+
+def test_nearest_compares_only_texts_of_the_same_length_position_by_position():
+    tokens = {4: np.array([[1, 2, 3, 0], [1, 2, 9, 9], [5, 6, 7, 8]], np.int32)}
+    index = DocumentIndex(tokens, {4: np.array([3, 4, 4])})
+    match = index.nearest(np.array([1, 2, 9, 4]))
+    assert (match.bucket, match.row, match.similarity) == (4, 1, 0.75)
+    assert index.nearest(np.array([2, 3, 1])).similarity == 0.0   # same length, shifted: nothing aligned
+    assert index.nearest(np.array([1, 2])) is None
+
+
+@pytest.mark.parametrize("documents", [{"threshold": 0.9}, {"threshold": 0.9, "layers": [7]},
+                                       {"threshold": 1.5, "layers": [0]}, {"threshold": True, "layers": [0]},
+                                       {"threshold": 0.9, "layers": []}, "all"])
+def test_a_damaged_document_choice_is_refused_in_one_sentence(documents_only, documents):
+    _, db = documents_only
+    manifest = json.loads((db / "manifest.json").read_text())
+    manifest["serving"]["documents"] = documents
+    (db / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MemoDatabaseError, match=r"manifest.json: .*documents") as error:
+        MemoDatabase.open(db)
+    assert "\n" not in str(error.value)
