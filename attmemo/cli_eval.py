@@ -30,6 +30,9 @@ def add_parsers(sub, add_verbosity) -> None:
     p.add_argument("--stored", type=int, default=64, help="texts in the database (default: 64)")
     p.add_argument("--queries", type=int, default=48, help="queries; half calibrate, half are measured (default: 48)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per timed query (default: 7)")
+    p.add_argument("--dtype", choices=["float32", "unorm16"], default="float32",
+                   help="stored attention format: float32 (default) feeds document-key hits with no copy; "
+                        "unorm16 takes half the disk")
     add_verbosity(p)
 
 
@@ -91,7 +94,7 @@ def eval_main(args) -> int:
     if not 2 <= args.max_length <= evaluation.MAX_LENGTH:
         raise ValueError(f"--max-length {args.max_length} is outside 2..{evaluation.MAX_LENGTH}, the range of the "
                          "bundled all-MiniLM-L6-v2; give a length in it.")
-    settings = EvalSettings(stored=args.stored, queries=args.queries, rounds=args.rounds)
+    settings = EvalSettings(stored=args.stored, queries=args.queries, rounds=args.rounds, dtype=args.dtype)
     result = evaluation.evaluate(args.workload, max_length=args.max_length, workdir=Path(args.workdir),
                                  settings=settings, say=lambda line: print(line, flush=True))
     for line in evaluation.table(result):

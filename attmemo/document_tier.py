@@ -67,12 +67,10 @@ class DocumentTier:
             buffers = self._local.buffers = (n, {})
         fed = {}
         for layer in self.choice.layers:
-            block = self.database.stored_block(layer, match.bucket, match.row)
             out = buffers[1].get(layer)
             if out is None:
-                out = buffers[1][layer] = np.empty((1, block.shape[0], n, n), np.float32)
-            np.copyto(out[0], block[:, :n, :n])
-            fed[fed_input(layer)] = out
+                out = buffers[1][layer] = np.empty((1, self.database.heads(layer), n, n), np.float32)
+            fed[fed_input(layer)] = self.database.fed_probs(layer, match.bucket, match.row, n, out)
         return fed
 
 

@@ -147,7 +147,7 @@ class InferenceSession(ort.InferenceSession):
     def _serve_documents(self, path_or_bytes, database: MemoDatabase, options: ort.SessionOptions, kwargs) -> None:
         """Create the fed model's session for the document key (attmemo.document_tier); log if it cannot be."""
         choice = database.document_serving
-        fed = rewritten_model_bytes(path_or_bytes, lambda model: fed_model(model, choice.layers))
+        fed = rewritten_model_bytes(path_or_bytes, lambda model: fed_model(model, choice.layers, database.fed_scale))
         if fed is None:
             return
         try:
@@ -202,9 +202,9 @@ def exact_model(model) -> None:
     rewrite(model)
 
 
-def fed_model(model, layers) -> None:
+def fed_model(model, layers, scale: float | None) -> None:
     from attmemo.transforms.unfuse import fed_model as rewrite
-    rewrite(model, layers)
+    rewrite(model, layers, scale)
 
 
 def _open(db, *, strict: bool) -> tuple[MemoDatabase | None, str]:

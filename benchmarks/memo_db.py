@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--queries", type=int, default=5, help="member documents timed per length (default: 5)")
     parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds per query (default: 20)")
+    parser.add_argument("--dtype", choices=["unorm16", "float32"], default="unorm16",
+                        help="stored probability format (default: unorm16)")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     from attmemo.evaluation import models as minilm_models
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     docs = _bbc_documents()
     for seq in args.seq:
         _bench_length(models, docs, seq=seq, texts=args.texts, queries=args.queries, rounds=args.rounds,
-                      workdir=workdir)
+                      workdir=workdir, dtype=args.dtype)
     return 0
 
 
@@ -53,7 +55,7 @@ def _bbc_documents() -> list[str]:
     return [f.read_text(encoding="utf-8", errors="replace").strip() for f in sorted(root.rglob("*.txt"))]
 
 
-def _bench_length(models, docs, *, seq, texts, queries, rounds, workdir) -> None:
+def _bench_length(models, docs, *, seq, texts, queries, rounds, workdir, dtype) -> None:
     from attmemo import bench
     from attmemo.custom_ops import registry
     from attmemo.store import MemoDatabase
@@ -65,11 +67,11 @@ def _bench_length(models, docs, *, seq, texts, queries, rounds, workdir) -> None
     corpus.write_text("".join(" ".join(d.split()) + "\n" for d in docs[:texts]))
     db_dir = workdir / f"minilm.s{seq}.memo"
     start = time.perf_counter()
-    report = build_database(models["memo"], corpus, out=db_dir, max_length=seq)
+    report = build_database(models["memo"], corpus, out=db_dir, max_length=seq, dtype=dtype)
     build_seconds = time.perf_counter() - start
     print(f"\n== seq {seq}: database of {report.texts} BBC documents built in {build_seconds:.0f} s, "
           f"{report.bytes_on_disk / 2**20:.0f} MiB on disk, {report.value_bytes_per_entry / 2**10:.0f} KiB per "
-          f"text and layer ({report.value_bytes_per_entry / report.padded_fp32_bytes_per_entry:.1%} of padded fp32)")
+          f"text and layer as {dtype} ({report.value_bytes_per_entry / report.padded_fp32_bytes_per_entry:.1%} of padded fp32)")
     for layer, t in sorted(report.training.items()):
         print(f"   layer {layer}: trained {t.seconds:.1f} s, held-out Spearman {t.spearman:.3f}, "
               f"mean |error| {t.heldout_mae:.3f}")

@@ -5,7 +5,8 @@
 
 Modules: manifest (the folder's table of contents), keys (key embedding
 inference), index (Annoy), policy (hit rule), values (stored probabilities),
-stats (counters), serving (which layers serve, chosen by attmemo calibrate),
+documents (the token-id key asked once per run), stats (counters), serving
+(which layers and keys serve, chosen by attmemo calibrate),
 database (MemoDatabase); building: corpus (text sources),
 recorder (runs the model), augment and pairs (training pairs), train (key
 embedding and indexes per layer), build (the whole build, atomic).

@@ -195,7 +195,7 @@ def _plan_rows(lengths: np.ndarray, buckets: tuple[int, ...], db: Path) -> Corpu
 def _record(recorder: Recorder, token_ids, db: Path, scratch: Path, *, texts: Corpus, augmented: set[int],
             special_ids: set[int], dtype, key_spec, seed, progress) -> tuple[dict[int, int], int, np.ndarray]:
     """Run and append every text; return ({layer: heads}, hidden size, float32[augmented, layers] TV targets)."""
-    storage, encode, _ = values.codec(dtype)
+    codec = values.codec(dtype)
     files: dict[object, object] = {}
     # The document key (documents.py): every stored text's ids, 4 bytes per token in memory.
     tokens = {b: np.zeros((count, b), np.int32) for b, count in texts.counts.items()}
@@ -211,9 +211,9 @@ def _record(recorder: Recorder, token_ids, db: Path, scratch: Path, *, texts: Co
             records = recorder.run(ids)
             for layer, (hidden_nD, probs_Hnn) in records.items():
                 heads[layer], hidden_size = probs_Hnn.shape[0], hidden_nD.shape[1]
-                block = encoded = encode(probs_Hnn)
+                block = encoded = codec.encode(probs_Hnn)
                 if len(ids) < b:
-                    block = np.zeros((probs_Hnn.shape[0], b, b), storage)
+                    block = np.zeros((probs_Hnn.shape[0], b, b), codec.storage)
                     block[:, :len(ids), :len(ids)] = encoded
                 _open(files, (layer, b), db / layer_dir(layer) / f"b{b}.values").write(memoryview(block))
                 _open(files, layer, scratch / f"features.L{layer}").write(keys.pool(hidden_nD, key_spec).tobytes())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import documents as documents_file, keys, manifest as manifest_file, serving
+from . import documents as documents_file, keys, manifest as manifest_file, serving, values
 from .documents import DocumentIndex
 from .index import KeyIndex
 from .manifest import Manifest, MemoDatabaseError
@@ -158,9 +158,14 @@ class MemoDatabase:
             raise ValueError("the database has no token tables or not those layers.")
         self.document_serving = choice
 
-    def stored_block(self, layer: int, bucket: int, row: int) -> np.ndarray:
-        """uint16[H, b, b] unorm16 attention of ``row`` of ``bucket`` (values.py), in place."""
-        return self._layers[layer].buckets[bucket].values.view(row)
+    @property
+    def fed_scale(self) -> float | None:
+        """What the fed model multiplies P·V by for this database's stored values (values.Codec)."""
+        return values.codec(self.manifest.dtype).fed_scale
+
+    def fed_probs(self, layer: int, bucket: int, row: int, n: int, out_1Hnn: np.ndarray | None) -> np.ndarray:
+        """float32[1, H, n, n] stored attention of ``row`` as the fed model reads it (values.ValueFile.fed)."""
+        return self._layers[layer].buckets[bucket].values.fed(row, n, out_1Hnn)
 
     def heads(self, layer: int) -> int | None:
         """H of ``layer``'s stored probabilities (None if the database does not serve it)."""
@@ -243,7 +248,7 @@ class MemoDatabase:
             # block is the answer, returned in place (the bridge does the one copy).
             _, bucket, row = hits[0]
             hit_B[0] = True
-            return hit_B, bucket.values.view(row)[None]
+            return hit_B, bucket.values.unorm16(row, size)[None]
         stored_BHSS = np.zeros((batch, entry.heads, size, size), np.uint16)
         for b, bucket, row in hits:
             hit_B[b] = True

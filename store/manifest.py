@@ -3,6 +3,7 @@
 A database folder holds, besides this file (L layer, b bucket length)::
 
     lengths/b{b}.npy          int32[count_b]  true token count of each stored row
+    tokens/b{b}.npy           int32[count_b, b]  token ids of each stored row (documents.py)
     L{L}/key.w1.npy ...       the layer's key embedding (see keys.py)
     L{L}/b{b}.ann             Annoy index of the layer's keys, item id = row
     L{L}/b{b}.values          raw [count_b, H, b, b] attention probabilities (see values.py)

@@ -90,7 +90,7 @@ def train_and_index(layer: int, heads: int, *, db: Path, features_path: Path, au
 
 
 def _far_pairs(plan: TrainingPlan, corpus: Corpus, stores: dict, heads: int, dtype: str, rows: int):
-    decode = values.codec(dtype)[2]
+    decode = values.codec(dtype).decode
 
     def read_rows(position: int, r: np.ndarray) -> np.ndarray:
         text = plan.train_texts[position]

@@ -2,21 +2,28 @@
 
 Row r of the bucket-b file of a layer with H heads is a [H, b, b] block; a
 sequence of n <= b real tokens fills its top-left [H, n, n] (padding rows and
-columns are not stored, the rest of the block stays zero). Values are
-"unorm16": round(p * 65535) as uint16; at encoding the rounding error of each
-row is added to the row's largest entry, so every row sums to exactly 65535.
+columns are not stored, the rest of the block stays zero). Two codecs:
 
-The lookup op returns these integers as they are and the graph decodes them
-natively (Cast to float, then one multiply by 1/65535 on the small P·V
-result): decoding in numpy costs as much as a hit saves. IEEE half was
-measured and dropped: numpy converts it at ~2 ns per value (6 ms for one
-12x512x512 matrix) and a Python op cannot return float16.
+unorm16 (default, half the bytes): round(p * 65535) as uint16; at encoding the
+    rounding error of each row is added to the row's largest entry, so every row
+    sums to exactly 65535. The lookup op returns these integers as they are and
+    the graph decodes them natively (Cast to float, then one multiply by 1/65535
+    on the small P·V result): decoding in numpy costs as much as a hit saves.
+float32 (twice the bytes): p as computed. The document key (attmemo.document_tier)
+    hands a block that fills its bucket to onnxruntime in place, with no copy at
+    all; widening unorm16 instead reads and writes 27 MB per MiniLM run at 256
+    tokens (~3 ms with cold caches, a tenth of the model). The per-layer lookup
+    op still returns unorm16, encoding a float32 block on each hit.
+IEEE half was measured and dropped: numpy converts it at ~2 ns per value (6 ms
+for one 12x512x512 matrix) and a Python op cannot return float16.
 
 A hit is re-expanded into the query's [H, S, S] (see ``raw_into``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,20 +47,32 @@ def _decode_unorm16(stored: np.ndarray, out: np.ndarray) -> None:
     np.multiply(stored, np.float32(1 / UNORM_MAX), out=out, dtype=np.float32)
 
 
-# name -> (storage dtype, encode float32[H, n, n] -> stored, decode(stored, out float32) in place)
+def _decode_float32(stored: np.ndarray, out: np.ndarray) -> None:
+    np.copyto(out, stored)
+
+
+@dataclasses.dataclass(frozen=True)
+class Codec:
+    storage: np.dtype
+    encode: Callable[[np.ndarray], np.ndarray]        # float32[H, n, n] -> stored
+    decode: Callable[[np.ndarray, np.ndarray], None]  # (stored, out float32) in place
+    fed_scale: float | None   # what the fed model multiplies P·V by (stored P feeds it as float32)
+
+
 CODECS = {
-    "unorm16": (np.dtype(np.uint16), encode_unorm16, _decode_unorm16),
+    "unorm16": Codec(np.dtype(np.uint16), encode_unorm16, _decode_unorm16, 1 / UNORM_MAX),
+    "float32": Codec(np.dtype(np.float32), lambda p: np.ascontiguousarray(p, np.float32), _decode_float32, None),
 }
 
 
-def codec(name: str):
+def codec(name: str) -> Codec:
     if name not in CODECS:
         raise MemoDatabaseError(f"unknown value dtype {name!r}; use one of {', '.join(CODECS)}.")
     return CODECS[name]
 
 
 def entry_bytes(heads: int, bucket: int, dtype: str) -> int:
-    return heads * bucket * bucket * codec(dtype)[0].itemsize
+    return heads * bucket * bucket * codec(dtype).storage.itemsize
 
 
 def _check_size(path: Path, expected: int, what: str) -> None:
@@ -70,8 +89,8 @@ class ValueFile:
     """One layer's bucket file, opened for writing ("w+") or reading ("r")."""
 
     def __init__(self, path: Path, *, count: int, heads: int, bucket: int, dtype: str, mode: str):
-        self.path, self.bucket = path, bucket
-        storage, self._encode, self._decode = codec(dtype)
+        self.path, self.bucket, self.codec = path, bucket, codec(dtype)
+        storage = self.codec.storage
         if mode == "r":
             _check_size(path, count * entry_bytes(heads, bucket, dtype),
                         f"{count} rows of [{heads}, {bucket}, {bucket}] {dtype}")
@@ -82,13 +101,13 @@ class ValueFile:
 
     def write(self, row: int, probs_Hnn: np.ndarray) -> None:
         n = probs_Hnn.shape[-1]
-        self.rows[row, :, :n, :n] = self._encode(probs_Hnn)
+        self.rows[row, :, :n, :n] = self.codec.encode(probs_Hnn)
 
     def read(self, row: int, n: int, out_Hnn: np.ndarray | None = None) -> np.ndarray:
         """Decode the valid [H, n, n] region of ``row`` (into ``out_Hnn`` if given)."""
         stored = self.rows[row, :, :n, :n]
         out = out_Hnn if out_Hnn is not None else np.empty(stored.shape, np.float32)
-        self._decode(stored, out)
+        self.codec.decode(stored, out)
         return out
 
     def raw_into(self, row: int, n: int, out_HSS: np.ndarray, positions: np.ndarray | None = None) -> None:
@@ -103,20 +122,33 @@ class ValueFile:
         size = out_HSS.shape[-1]
         uniform = np.full(n, UNORM_MAX // n, dtype=np.uint16)
         uniform[: UNORM_MAX % n] += 1
+        stored = self.unorm16(row, n)
         if positions is None or np.array_equal(positions, np.arange(n)):
-            out_HSS[:, :n, :n] = self.rows[row, :, :n, :n]
+            out_HSS[:, :n, :n] = stored
             out_HSS[:, :n, n:] = 0
             out_HSS[:, n:, :n] = uniform
             out_HSS[:, n:, n:] = 0
             return
         padding = np.setdiff1d(np.arange(size), positions)
         out_HSS[...] = 0
-        out_HSS[:, positions[:, None], positions] = self.rows[row, :, :n, :n]
+        out_HSS[:, positions[:, None], positions] = stored
         out_HSS[:, padding[:, None], positions] = uniform
 
-    def view(self, row: int) -> np.ndarray:
-        """The stored [H, b, b] block of ``row``, in place (zero-copy; read-only mapping)."""
-        return self.rows[row]
+    def unorm16(self, row: int, n: int) -> np.ndarray:
+        """The [H, n, n] region of ``row`` as unorm16 (what the lookup op returns): in place if stored so."""
+        stored = self.rows[row, :, :n, :n]
+        return stored if self.rows.dtype == np.uint16 else encode_unorm16(np.array(stored, np.float32))
+
+    def fed(self, row: int, n: int, out_1Hnn: np.ndarray | None) -> np.ndarray:
+        """float32[1, H, n, n] of ``row`` as the fed model reads it (``fed_scale`` applies).
+
+        A float32 block that fills its bucket is returned in place (onnxruntime reads a
+        contiguous read-only mapping without copying it); otherwise it is widened into ``out_1Hnn``.
+        """
+        if self.rows.dtype == np.float32 and n == self.bucket:
+            return self.rows[row:row + 1]
+        np.copyto(out_1Hnn[0], self.rows[row, :, :n, :n])
+        return out_1Hnn
 
     def flush(self) -> None:
         self.rows.flush()

@@ -27,7 +27,7 @@ def _probs(n: int, seed: int) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-@pytest.mark.parametrize("dtype, atol", [("unorm16", 1e-4)])
+@pytest.mark.parametrize("dtype, atol", [("unorm16", 1e-4), ("float32", 0)])
 def test_values_round_trip_through_a_fresh_mapping(tmp_path, dtype, atol):
     path = tmp_path / "b8.values"
     stored = {0: _probs(5, 0), 1: _probs(8, 1)}
@@ -36,15 +36,26 @@ def test_values_round_trip_through_a_fresh_mapping(tmp_path, dtype, atol):
         writer.write(row, p)
     writer.flush()
     del writer
-    assert path.stat().st_size == 2 * values.entry_bytes(HEADS, 8, dtype) == 2 * HEADS * 8 * 8 * 2
+    itemsize = {"unorm16": 2, "float32": 4}[dtype]
+    assert path.stat().st_size == 2 * values.entry_bytes(HEADS, 8, dtype) == 2 * HEADS * 8 * 8 * itemsize
     reader = values.ValueFile(path, count=2, heads=HEADS, bucket=8, dtype=dtype, mode="r")
+    scale = values.codec(dtype).fed_scale or 1.0
     for row, p in stored.items():
-        np.testing.assert_allclose(reader.read(row, p.shape[-1]), p, atol=atol)
+        n = p.shape[-1]
+        np.testing.assert_allclose(reader.read(row, n), p, atol=atol)
+        # What the lookup op returns, and what the document key feeds the fed model.
+        np.testing.assert_allclose(reader.unorm16(row, n) / values.UNORM_MAX, p, atol=1e-4)
+        fed = reader.fed(row, n, np.full((1, HEADS, n, n), np.nan, np.float32))
+        np.testing.assert_allclose(fed[0] * scale, p, atol=atol + 1e-7)
+    # A float32 block filling its bucket is handed over in place, not copied.
+    fed = reader.fed(1, 8, np.empty((1, HEADS, 8, 8), np.float32))
+    assert np.shares_memory(fed, reader.rows) == (dtype == "float32")
 
 
 def test_unorm16_rows_sum_to_one_exactly():
     decoded = np.empty((HEADS, 7, 7), np.float32)
-    values.CODECS["unorm16"][2](values.CODECS["unorm16"][1](_probs(7, 3)), decoded)
+    codec = values.codec("unorm16")
+    codec.decode(codec.encode(_probs(7, 3)), decoded)
     np.testing.assert_allclose(decoded.sum(-1), 1.0, atol=1e-6)
 
 

@@ -23,7 +23,6 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass
 
 from attmemo.document_tier import fed_input
-from attmemo.store.values import UNORM_MAX
 
 from . import memo_function
 
@@ -72,14 +71,15 @@ def oracle_model(model: ir.Model) -> list[str]:
     return _feed_probs(model, layers=None, name="attmemo.probs.{}".format, scale=None)
 
 
-def fed_model(model: ir.Model, layers) -> list[str]:
-    """Rewrite ``model`` in place so ``layers`` read stored unorm16 P (as float32 integers) from graph inputs.
+def fed_model(model: ir.Model, layers, scale: float | None) -> list[str]:
+    """Rewrite ``model`` in place so ``layers`` read stored P from graph inputs, the context times ``scale``.
 
-    Other layers compute exactly. The inputs hold round(P * 65535) (values.py): numpy
-    widens uint16 to float32 in 0.23 ms for 12x256x256 where ORT's Cast takes 0.44 ms,
-    and the 1/65535 is applied to the small P·V result, as the lookup branch does.
+    Other layers compute exactly. For a unorm16 database the inputs hold round(P * 65535)
+    (store/values.py) and ``scale`` is 1/65535, applied to the small P·V result as the
+    lookup branch does: numpy widens uint16 to float32 in 0.23 ms for 12x256x256 where
+    ORT's Cast takes 0.44 ms. For a float32 database they hold P and ``scale`` is None.
     """
-    return _feed_probs(model, layers=set(layers), name=fed_input, scale=1 / UNORM_MAX)
+    return _feed_probs(model, layers=set(layers), name=fed_input, scale=scale)
 
 
 def _feed_probs(model: ir.Model, *, layers: set[int] | None, name: Callable[[int], str],
