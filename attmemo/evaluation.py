@@ -128,6 +128,9 @@ def evaluate(workload: str, *, max_length: int, workdir: Path, settings: EvalSet
         "alternatives": alternatives,
         "calibration": {"chosen": calibration.chosen.describe(), "seconds": calibration.seconds,
                         "trials": [{"choice": t.describe(), "memo_rate": t.memo_rate, "cosine": t.cosine,
+                                    "key": "document" if t.documents is not None else "layer",
+                                    "threshold": (t.documents.threshold if t.documents is not None
+                                                  else min(t.thresholds.values(), default=None)),
                                     "accuracy_loss": t.accuracy_loss, "latency_ratio": t.latency_ratio}
                                    for t in calibration.trials]},
     }
@@ -189,7 +192,9 @@ class _Queries:
         import tempfile
 
         from attmemo.store.recorder import Recorder
-        recorder = Recorder(self.paths["memo"], Path(tempfile.mkdtemp(prefix="attmemo-eval-")))
+        # The recording model (90 MB for MiniLM) is only needed until its session has loaded it.
+        with tempfile.TemporaryDirectory(prefix="attmemo-eval-") as scratch:
+            recorder = Recorder(self.paths["memo"], Path(scratch))
         return [{layer: probs for layer, (_, probs) in recorder.run(self.ids[i]).items()} for i in indices]
 
     def latency(self, count: int, rounds: int) -> dict[str, float]:
@@ -296,14 +301,19 @@ def write_png(result: dict, path: Path) -> Path:
     times.bar(names, [lat[n] for n in names], color=["#7f7f7f", "#c7c7c7", "#1f77b4"])
     times.set_ylabel("median ms (batch 1, unpadded)")
     times.set_title(f"cosine to exact: mean {result['cosine']['mean']:.3f}", fontsize=10)
-    trials = [t for t in result["calibration"]["trials"] if t["choice"] != "off"]
-    tradeoff.plot([t["memo_rate"] for t in trials], [t["cosine"]["mean"] for t in trials], "o-", label="mean")
-    tradeoff.plot([t["memo_rate"] for t in trials], [t["cosine"]["p1"] for t in trials], "s--", label="1st percentile")
-    for t in trials:
-        tradeoff.annotate(t["choice"].split(" on ")[0], (t["memo_rate"], t["cosine"]["mean"]), fontsize=7)
+    for key, color in (("layer", "#ff7f0e"), ("document", "#1f77b4")):
+        trials = [t for t in result["calibration"]["trials"] if t.get("key") == key]
+        if not trials:
+            continue
+        rates = [t["memo_rate"] for t in trials]
+        tradeoff.plot(rates, [t["cosine"]["mean"] for t in trials], "o-", color=color, label=f"{key} key, mean")
+        tradeoff.plot(rates, [t["cosine"]["p1"] for t in trials], "s--", color=color, alpha=0.6,
+                      label=f"{key} key, 1st pct")
+        for t in trials:
+            tradeoff.annotate(f"{t['threshold']:g}", (t["memo_rate"], t["cosine"]["p1"]), fontsize=6, color=color)
     tradeoff.set_xlabel("memo rate (calibration queries)")
     tradeoff.set_ylabel("cosine to exact")
-    tradeoff.legend(loc="lower left", fontsize=8)
+    tradeoff.legend(loc="lower left", fontsize=7)
     tradeoff.set_title("trade-off per threshold (calibration)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

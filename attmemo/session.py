@@ -127,35 +127,38 @@ class InferenceSession(ort.InferenceSession):
             self.memo_status = _refuse(db, MemoDatabaseError(problem), strict=strict)
             return
         self._memo = database
+        self.memo_status = self._serve(db, database, path_or_bytes, options, kwargs, layers_off=layers_off,
+                                       exact=model is not None)
+        log.info("%s (model %s)", self.memo_status, database.model_id)
+
+    def _serve(self, db, database: MemoDatabase, path_or_bytes, options, kwargs, *, layers_off: bool,
+               exact: bool) -> str:
+        """Set up what the database's ``serving`` asks for; return the session's status."""
         served = []
-        if database.document_serving is not None:
-            self._serve_documents(path_or_bytes, database, options, kwargs)
-        if self._documents is not None:
-            choice = self._documents.choice
+        if database.document_serving is not None and self._serve_documents(path_or_bytes, database, options, kwargs):
+            choice = database.document_serving
             served.append(f"document key at {choice.threshold:g} on layers {','.join(map(str, choice.layers))}")
         if not layers_off:
             registry.attach(database.model_id, database)
             served.append("per-layer lookups")
         if not served:
-            self.memo_status = (f"off: {db} serves no layer (attmemo calibrate found none where reuse pays); "
-                                f"running the {'exact model' if model else 'model without lookups'}")
-            log.info("%s", self.memo_status)
-            return
-        self.memo_status = f"serving {db}: {' and '.join(served)}"
-        log.info("%s (model %s)", self.memo_status, database.model_id)
+            return (f"off: {db} serves no layer (attmemo calibrate found none where reuse pays); "
+                    f"running the {'exact model' if exact else 'model without lookups'}")
+        return f"serving {db}: {' and '.join(served)}"
 
-    def _serve_documents(self, path_or_bytes, database: MemoDatabase, options: ort.SessionOptions, kwargs) -> None:
+    def _serve_documents(self, path_or_bytes, database: MemoDatabase, options: ort.SessionOptions, kwargs) -> bool:
         """Create the fed model's session for the document key (attmemo.document_tier); log if it cannot be."""
         choice = database.document_serving
         fed = rewritten_model_bytes(path_or_bytes, lambda model: fed_model(model, choice.layers, database.fed_scale))
         if fed is None:
-            return
+            return False
         try:
             self._fed = ort.InferenceSession(fed, sess_options=options, **kwargs)
         except Exception as error:  # noqa: BLE001 - an optimisation: the model itself still serves
             log.warning("could not load the fed model (%s); serving without the document key", error)
-            return
+            return False
         self._documents = DocumentTier(database, choice)
+        return True
 
     def run(self, output_names, input_feed, run_options=None):
         """``onnxruntime.InferenceSession.run``; a document-key hit runs the fed model instead (same outputs)."""
@@ -170,6 +173,8 @@ class InferenceSession(ort.InferenceSession):
 
         {} without one (see ``memo_status`` for why). Counts sequences; shared
         with other sessions in the process that use the same database object.
+        A document-key lookup counts in every layer it serves (its time split
+        among them); a sequence it missed may be looked up again inside the model.
         """
         return self._memo.stats.snapshot() if self._memo is not None else {}
 

@@ -162,7 +162,8 @@ _recorders: dict = {}
 def _true_probs(models, feed) -> dict[str, np.ndarray]:
     from attmemo.store.recorder import Recorder
     if "r" not in _recorders:
-        _recorders["r"] = Recorder(models["memo"], Path(tempfile.mkdtemp(prefix="attmemo-bench-")))
+        with tempfile.TemporaryDirectory(prefix="attmemo-bench-") as scratch:
+            _recorders["r"] = Recorder(models["memo"], Path(scratch))
     records = _recorders["r"].run(feed["input_ids"][0])
     return {f"attmemo.probs.{layer}": probs[None] for layer, (_, probs) in records.items()}
 
