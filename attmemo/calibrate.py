@@ -215,7 +215,7 @@ class _Runner:
         self.fed_session, self.tier = None, None
         if database.documents is not None:
             every_layer = tuple(sorted(database.manifest.layers))
-            fed = rewritten_model_bytes(model, lambda m: fed_model(m, every_layer, database.fed_scale))
+            fed = rewritten_model_bytes(model, lambda m: fed_model(m, every_layer, database.codec))
             if fed is not None:
                 self.fed_session = ort.InferenceSession(fed, quiet_session_options())
                 self.tier = DocumentTier(database, Documents(1.0, every_layer))

@@ -30,9 +30,9 @@ def add_parsers(sub, add_verbosity) -> None:
     p.add_argument("--stored", type=int, default=64, help="texts in the database (default: 64)")
     p.add_argument("--queries", type=int, default=48, help="queries; half calibrate, half are measured (default: 48)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per timed query (default: 7)")
-    p.add_argument("--dtype", choices=["float32", "unorm16"], default="float32",
-                   help="stored attention format: float32 (default) feeds document-key hits with no copy; "
-                        "unorm16 takes half the disk")
+    p.add_argument("--dtype", choices=["float32", "float16", "unorm16"], default="float32",
+                   help="stored attention format: float32 (default) feeds document-key hits in place with no "
+                        "conversion; float16 and unorm16 take half the disk")
     add_verbosity(p)
 
 

@@ -79,7 +79,7 @@ def _evaluate(workdir: Path, workloads: tuple[str, ...], out: Callable[[str], No
         evaluation.write_json(result, path)
         png = evaluation.write_png(result, path.with_suffix(".png"))
         out(f"   wrote {path} and {png} ({time.perf_counter() - start:.0f} s)")
-        # Two float32 databases of 64 texts would take 2.4 GB; the demo stays under 2 GB.
+        # Two float32 databases of 64 texts would take 2.3 GB; the demo stays under 2 GB.
         shutil.rmtree(result["_db_dir"], ignore_errors=True)
         out(f"   removed its database ({result['db_bytes'] / 2**30:.1f} GB) to keep the demo's disk use low")
 

@@ -10,8 +10,8 @@ usual, so a miss costs the comparison alone (~10-50 us).
 
 Why before the run and not per layer inside it: a per-layer hit pays a Python
 op call, a learned-key lookup and a copy of P out of the op (~0.9 ms per MiniLM
-layer at 256 tokens, of the ~1.5 ms it saves). Fed as graph inputs, the stored
-P costs one widening copy per layer (0.23 ms) and nothing else.
+layer at 256 tokens, of the ~1.5 ms it saves). Fed as graph inputs, a float16
+store is read in place and cast natively (store/values.py).
 
 Never raises into the caller's run: an unexpected error is logged once and
 counted as a fallback, and the run computes as if nothing matched.
@@ -35,8 +35,8 @@ def fed_input(layer: int) -> str:
 class DocumentTier:
     def __init__(self, database, choice: Documents):
         self.database, self.choice = database, choice
-        # Per thread, the float32 buffers the stored attention is widened into: fresh
-        # arrays would page-fault on every run (~0.2 ms per 3 MB).
+        # Per thread, the buffers stored attention is copied into when it cannot be fed in
+        # place (values.ValueFile.fed): fresh arrays would page-fault on every run (~0.2 ms per 3 MB).
         self._local = threading.local()
 
     def feeds(self, input_feed: dict) -> dict | None:
@@ -69,7 +69,7 @@ class DocumentTier:
         for layer in self.choice.layers:
             out = buffers[1].get(layer)
             if out is None:
-                out = buffers[1][layer] = np.empty((1, self.database.heads(layer), n, n), np.float32)
+                out = buffers[1][layer] = np.empty((1, self.database.heads(layer), n, n), self.database.codec.fed_dtype)
             fed[fed_input(layer)] = self.database.fed_probs(layer, match.bucket, match.row, n, out)
         return fed
 

@@ -149,7 +149,7 @@ class InferenceSession(ort.InferenceSession):
     def _serve_documents(self, path_or_bytes, database: MemoDatabase, options: ort.SessionOptions, kwargs) -> bool:
         """Create the fed model's session for the document key (attmemo.document_tier); log if it cannot be."""
         choice = database.document_serving
-        fed = rewritten_model_bytes(path_or_bytes, lambda model: fed_model(model, choice.layers, database.fed_scale))
+        fed = rewritten_model_bytes(path_or_bytes, lambda model: fed_model(model, choice.layers, database.codec))
         if fed is None:
             return False
         try:
@@ -207,9 +207,9 @@ def exact_model(model) -> None:
     rewrite(model)
 
 
-def fed_model(model, layers, scale: float | None) -> None:
+def fed_model(model, layers, codec) -> None:
     from attmemo.transforms.unfuse import fed_model as rewrite
-    rewrite(model, layers, scale)
+    rewrite(model, layers, codec)
 
 
 def _open(db, *, strict: bool) -> tuple[MemoDatabase | None, str]:

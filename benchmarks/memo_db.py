@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--queries", type=int, default=5, help="member documents timed per length (default: 5)")
     parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds per query (default: 20)")
-    parser.add_argument("--dtype", choices=["unorm16", "float32"], default="unorm16",
+    parser.add_argument("--dtype", choices=["unorm16", "float16", "float32"], default="unorm16",
                         help="stored probability format (default: unorm16)")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)

@@ -159,12 +159,12 @@ class MemoDatabase:
         self.document_serving = choice
 
     @property
-    def fed_scale(self) -> float | None:
-        """What the fed model multiplies P·V by for this database's stored values (values.Codec)."""
-        return values.codec(self.manifest.dtype).fed_scale
+    def codec(self) -> values.Codec:
+        """How values are stored, and so how the fed model reads them (dtype, scale)."""
+        return values.codec(self.manifest.dtype)
 
-    def fed_probs(self, layer: int, bucket: int, row: int, n: int, out_1Hnn: np.ndarray | None) -> np.ndarray:
-        """float32[1, H, n, n] stored attention of ``row`` as the fed model reads it (values.ValueFile.fed)."""
+    def fed_probs(self, layer: int, bucket: int, row: int, n: int, out_1Hnn: np.ndarray) -> np.ndarray:
+        """[1, H, n, n] stored attention of ``row`` as the fed model reads it (values.ValueFile.fed)."""
         return self._layers[layer].buckets[bucket].values.fed(row, n, out_1Hnn)
 
     def heads(self, layer: int) -> int | None:

@@ -2,20 +2,24 @@
 
 Row r of the bucket-b file of a layer with H heads is a [H, b, b] block; a
 sequence of n <= b real tokens fills its top-left [H, n, n] (padding rows and
-columns are not stored, the rest of the block stays zero). Two codecs:
+columns are not stored, the rest of the block stays zero). Three codecs:
 
-unorm16 (default, half the bytes): round(p * 65535) as uint16; at encoding the
+unorm16 (default): round(p * 65535) as uint16; at encoding the
     rounding error of each row is added to the row's largest entry, so every row
     sums to exactly 65535. The lookup op returns these integers as they are and
     the graph decodes them natively (Cast to float, then one multiply by 1/65535
     on the small P·V result): decoding in numpy costs as much as a hit saves.
-float32 (twice the bytes): p as computed. The document key (attmemo.document_tier)
-    hands a block that fills its bucket to onnxruntime in place, with no copy at
-    all; widening unorm16 instead reads and writes 27 MB per MiniLM run at 256
-    tokens (~3 ms with cold caches, a tenth of the model). The per-layer lookup
-    op still returns unorm16, encoding a float32 block on each hit.
-IEEE half was measured and dropped: numpy converts it at ~2 ns per value (6 ms
-for one 12x512x512 matrix) and a Python op cannot return float16.
+float16 (the same bytes) and float32 (twice the bytes): p as IEEE half or single.
+    The document key (attmemo.document_tier) hands a block that fills its bucket to
+    onnxruntime in place, as a slice of the read-only mapping; the fed model casts
+    float16 natively. Measured on edited BBC documents at 256 tokens (MiniLM, eval):
+    a hit costs 0.77 of the unmodified model with float32, ~0.80 with float16 and
+    ~0.87 with unorm16 (widened by numpy first); the oracle is 0.76. The per-layer
+    lookup op must return unorm16 (a Python op cannot return float16): it converts
+    a float16 block per hit through a 64K-entry table and encodes a float32 one,
+    so that path is slower with either.
+numpy converts IEEE half to float32 at ~2 ns per value (6 ms for one 12x512x512 matrix),
+so nothing on a serving path does that.
 
 A hit is re-expanded into the query's [H, S, S] (see ``raw_into``).
 """
@@ -47,8 +51,14 @@ def _decode_unorm16(stored: np.ndarray, out: np.ndarray) -> None:
     np.multiply(stored, np.float32(1 / UNORM_MAX), out=out, dtype=np.float32)
 
 
-def _decode_float32(stored: np.ndarray, out: np.ndarray) -> None:
+def _decode_float(stored: np.ndarray, out: np.ndarray) -> None:
     np.copyto(out, stored)
+
+
+# float16 bit pattern -> round(p * 65535): the lookup op's unorm16 for a float16 store.
+_HALF_TO_UNORM16 = np.rint(np.clip(np.nan_to_num(np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+                                                 .view(np.float16).astype(np.float32)), 0, 1)
+                           * UNORM_MAX).astype(np.uint16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +66,16 @@ class Codec:
     storage: np.dtype
     encode: Callable[[np.ndarray], np.ndarray]        # float32[H, n, n] -> stored
     decode: Callable[[np.ndarray, np.ndarray], None]  # (stored, out float32) in place
-    fed_scale: float | None   # what the fed model multiplies P·V by (stored P feeds it as float32)
+    fed_dtype: np.dtype       # what the fed model's inputs hold (store/documents.py, transforms/unfuse.py)
+    fed_scale: float | None   # what the fed model multiplies P·V by
 
 
 CODECS = {
-    "unorm16": Codec(np.dtype(np.uint16), encode_unorm16, _decode_unorm16, 1 / UNORM_MAX),
-    "float32": Codec(np.dtype(np.float32), lambda p: np.ascontiguousarray(p, np.float32), _decode_float32, None),
+    "unorm16": Codec(np.dtype(np.uint16), encode_unorm16, _decode_unorm16, np.dtype(np.float32), 1 / UNORM_MAX),
+    "float16": Codec(np.dtype(np.float16), lambda p: np.ascontiguousarray(p, np.float16), _decode_float,
+                     np.dtype(np.float16), None),
+    "float32": Codec(np.dtype(np.float32), lambda p: np.ascontiguousarray(p, np.float32), _decode_float,
+                     np.dtype(np.float32), None),
 }
 
 
@@ -137,15 +151,20 @@ class ValueFile:
     def unorm16(self, row: int, n: int) -> np.ndarray:
         """The [H, n, n] region of ``row`` as unorm16 (what the lookup op returns): in place if stored so."""
         stored = self.rows[row, :, :n, :n]
-        return stored if self.rows.dtype == np.uint16 else encode_unorm16(np.array(stored, np.float32))
+        if self.rows.dtype == np.uint16:
+            return stored
+        if self.rows.dtype == np.float16:
+            return _HALF_TO_UNORM16[stored.view(np.uint16)]
+        return encode_unorm16(np.array(stored, np.float32))
 
-    def fed(self, row: int, n: int, out_1Hnn: np.ndarray | None) -> np.ndarray:
-        """float32[1, H, n, n] of ``row`` as the fed model reads it (``fed_scale`` applies).
+    def fed(self, row: int, n: int, out_1Hnn: np.ndarray) -> np.ndarray:
+        """[1, H, n, n] of ``row`` as the fed model reads it (``codec.fed_dtype``, ``fed_scale`` applies).
 
-        A float32 block that fills its bucket is returned in place (onnxruntime reads a
-        contiguous read-only mapping without copying it); otherwise it is widened into ``out_1Hnn``.
+        A float16 or float32 block that fills its bucket is returned in place (onnxruntime
+        reads a contiguous read-only mapping without copying it); otherwise it is copied
+        (unorm16: widened) into ``out_1Hnn``.
         """
-        if self.rows.dtype == np.float32 and n == self.bucket:
+        if self.rows.dtype == self.codec.fed_dtype and n == self.bucket:
             return self.rows[row:row + 1]
         np.copyto(out_1Hnn[0], self.rows[row, :, :n, :n])
         return out_1Hnn

@@ -125,28 +125,28 @@ def test_a_damaged_document_choice_is_refused_in_one_sentence(documents_only, do
 
 
 @pytest.fixture(scope="module")
-def float32_db(tiny_db, tmp_path_factory):
-    """The tiny corpus stored as float32 (values.py): a document-key hit feeds the mapping in place."""
+def float16_db(tiny_db, tmp_path_factory):
+    """The tiny corpus stored as float16 (values.py): a document-key hit feeds the mapping in place."""
     from attmemo.store.build import build_database
     from attmemo.store.train import KeyTraining
 
     model, _, corpus = tiny_db
-    db = tmp_path_factory.mktemp("float32") / "bert.memo"
-    build_database(model, corpus, out=db, max_length=32, dtype="float32", training=KeyTraining(epochs=5))
+    db = tmp_path_factory.mktemp("float16") / "bert.memo"
+    build_database(model, corpus, out=db, max_length=32, dtype="float16", training=KeyTraining(epochs=5))
     return model, db
 
 
-def test_a_float32_database_serves_both_paths(float32_db, tokenizer, exact):
-    model, db = float32_db
-    assert MemoDatabase.open(db).manifest.dtype == "float32"
+def test_a_float16_database_serves_both_paths(float16_db, tokenizer, exact):
+    model, db = float16_db
+    assert MemoDatabase.open(db).manifest.dtype == "float16"
     feeds = [_feed(exact, _ids(tokenizer, text)) for text in TINY_CORPUS[:4]]
     documents = attmemo.InferenceSession(str(model), db=db)
     for feed in feeds:
-        np.testing.assert_allclose(documents.run(None, feed)[0], exact.run(None, feed)[0], atol=1e-5)
+        np.testing.assert_allclose(documents.run(None, feed)[0], exact.run(None, feed)[0], rtol=1e-3, atol=5e-4)
     assert _hits(documents) == [4, 4]
-    # A plain onnxruntime session has no document key: the lookup op serves (encoding to unorm16 per hit).
+    # A plain onnxruntime session has no document key: the lookup op serves (converting to unorm16 per hit).
     plain = ort.InferenceSession(str(model), attmemo.session_options(db=db))
     before = _hits(documents)
     for feed in feeds:
-        np.testing.assert_allclose(plain.run(None, feed)[0], exact.run(None, feed)[0], atol=2e-4)
+        np.testing.assert_allclose(plain.run(None, feed)[0], exact.run(None, feed)[0], rtol=1e-3, atol=5e-4)
     assert [after - b for after, b in zip(_hits(documents), before)] == [4, 4]

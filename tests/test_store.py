@@ -27,7 +27,7 @@ def _probs(n: int, seed: int) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-@pytest.mark.parametrize("dtype, atol", [("unorm16", 1e-4), ("float32", 0)])
+@pytest.mark.parametrize("dtype, atol", [("unorm16", 1e-4), ("float16", 5e-4), ("float32", 0)])
 def test_values_round_trip_through_a_fresh_mapping(tmp_path, dtype, atol):
     path = tmp_path / "b8.values"
     stored = {0: _probs(5, 0), 1: _probs(8, 1)}
@@ -36,7 +36,7 @@ def test_values_round_trip_through_a_fresh_mapping(tmp_path, dtype, atol):
         writer.write(row, p)
     writer.flush()
     del writer
-    itemsize = {"unorm16": 2, "float32": 4}[dtype]
+    itemsize = {"unorm16": 2, "float16": 2, "float32": 4}[dtype]
     assert path.stat().st_size == 2 * values.entry_bytes(HEADS, 8, dtype) == 2 * HEADS * 8 * 8 * itemsize
     reader = values.ValueFile(path, count=2, heads=HEADS, bucket=8, dtype=dtype, mode="r")
     scale = values.codec(dtype).fed_scale or 1.0
@@ -44,12 +44,12 @@ def test_values_round_trip_through_a_fresh_mapping(tmp_path, dtype, atol):
         n = p.shape[-1]
         np.testing.assert_allclose(reader.read(row, n), p, atol=atol)
         # What the lookup op returns, and what the document key feeds the fed model.
-        np.testing.assert_allclose(reader.unorm16(row, n) / values.UNORM_MAX, p, atol=1e-4)
-        fed = reader.fed(row, n, np.full((1, HEADS, n, n), np.nan, np.float32))
-        np.testing.assert_allclose(fed[0] * scale, p, atol=atol + 1e-7)
-    # A float32 block filling its bucket is handed over in place, not copied.
-    fed = reader.fed(1, 8, np.empty((1, HEADS, 8, 8), np.float32))
-    assert np.shares_memory(fed, reader.rows) == (dtype == "float32")
+        np.testing.assert_allclose(reader.unorm16(row, n) / values.UNORM_MAX, p, atol=atol + 1e-4)
+        fed = reader.fed(row, n, np.full((1, HEADS, n, n), np.nan, values.codec(dtype).fed_dtype))
+        np.testing.assert_allclose(fed[0].astype(np.float32) * scale, p, atol=atol)
+    # A float16 or float32 block filling its bucket is handed over in place, not copied.
+    fed = reader.fed(1, 8, np.empty((1, HEADS, 8, 8), values.codec(dtype).fed_dtype))
+    assert np.shares_memory(fed, reader.rows) == (dtype != "unorm16")
 
 
 def test_unorm16_rows_sum_to_one_exactly():
@@ -231,7 +231,7 @@ def _write_manifest(tmp_path, **changes):
     ({"layers": {"-1": 2}}, "'layers' must map"),
     ({"layers": {"0": True}}, "'layers' must map"),
     ({"buckets": {"0": 1}}, "'buckets' must map"),
-    ({"dtype": "float16"}, "'dtype' must be one of unorm16"),
+    ({"dtype": "bfloat16"}, "'dtype' must be one of unorm16, float16, float32"),
     ({"key": {"segments": 8, "hidden_pool": 4, "width": 64}}, "'key' must hold exactly"),
     ({"files": {"../x.bin": {"bytes": 4, "sha256": "0" * 64}}}, "'../x.bin' is not a relative path inside"),
     ({"files": {"/etc/passwd": {"bytes": 4, "sha256": "0" * 64}}}, "'/etc/passwd' is not a relative path inside"),

@@ -71,19 +71,20 @@ def oracle_model(model: ir.Model) -> list[str]:
     return _feed_probs(model, layers=None, name="attmemo.probs.{}".format, scale=None)
 
 
-def fed_model(model: ir.Model, layers, scale: float | None) -> list[str]:
-    """Rewrite ``model`` in place so ``layers`` read stored P from graph inputs, the context times ``scale``.
+def fed_model(model: ir.Model, layers, codec) -> list[str]:
+    """Rewrite ``model`` in place so ``layers`` read stored P from graph inputs, as ``codec`` stores it.
 
-    Other layers compute exactly. For a unorm16 database the inputs hold round(P * 65535)
-    (store/values.py) and ``scale`` is 1/65535, applied to the small P·V result as the
-    lookup branch does: numpy widens uint16 to float32 in 0.23 ms for 12x256x256 where
-    ORT's Cast takes 0.44 ms. For a float32 database they hold P and ``scale`` is None.
+    Other layers compute exactly. ``codec`` (store/values.py): a float16 store feeds
+    float16 inputs, cast to float natively; a unorm16 store feeds round(P * 65535)
+    widened to float32 by numpy (0.23 ms for 12x256x256, where ORT's uint16 Cast takes
+    0.44 ms), and the 1/65535 is applied to the small P·V result as the lookup branch does.
     """
-    return _feed_probs(model, layers=set(layers), name=fed_input, scale=scale)
+    return _feed_probs(model, layers=set(layers), name=fed_input, scale=codec.fed_scale,
+                       dtype=ir.DataType.FLOAT16 if codec.fed_dtype == np.float16 else ir.DataType.FLOAT)
 
 
 def _feed_probs(model: ir.Model, *, layers: set[int] | None, name: Callable[[int], str],
-                scale: float | None) -> list[str]:
+                scale: float | None, dtype: ir.DataType = ir.DataType.FLOAT) -> list[str]:
     names = []
     for call in memo_calls(model):
         layer = call.attributes.get_int("layer")
@@ -91,11 +92,17 @@ def _feed_probs(model: ir.Model, *, layers: set[int] | None, name: Callable[[int
         if layers is not None and layer not in layers:
             _inline_exact(model, call, prefix=prefix)
             continue
-        probs = ir.Value(name=name(layer), type=ir.TensorType(ir.DataType.FLOAT),
-                         shape=ir.Shape(["batch", None, "sequence", "sequence"]))
+        shape = ir.Shape(["batch", None, "sequence", "sequence"])
+        probs = ir.Value(name=name(layer), type=ir.TensorType(dtype), shape=shape)
         model.graph.inputs.append(probs)
-        _inline_exact(model, call, prefix=prefix, probs=probs, scale=scale)
         names.append(probs.name)
+        if dtype != ir.DataType.FLOAT:
+            cast = ir.Node("", "Cast", [probs], [ir.AttrInt64("to", ir.DataType.FLOAT)], name=prefix + "fed_cast",
+                           outputs=[ir.Value(name=prefix + "fed_probs", type=ir.TensorType(ir.DataType.FLOAT),
+                                             shape=shape)])
+            model.graph.insert_before(call, cast)
+            probs = cast.outputs[0]
+        _inline_exact(model, call, prefix=prefix, probs=probs, scale=scale)
     RemoveUnusedNodesPass()(model)
     RemoveUnusedFunctionsPass()(model)
     return names
