@@ -29,7 +29,7 @@ from attmemo.store.serving import Documents
 
 def fed_input(layer: int) -> str:
     """Name of the fed model's input carrying ``layer``'s stored attention (transforms.unfuse.fed_model)."""
-    return f"attmemo.unorm16.{layer}"
+    return f"attmemo.stored_probs.{layer}"
 
 
 class DocumentTier:

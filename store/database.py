@@ -152,12 +152,6 @@ class MemoDatabase:
             raise ValueError(f"the database has no layer {min(unknown)}.")
         self._policies = _policies(thresholds)   # one assignment: concurrent lookups see old or new
 
-    def use_documents(self, choice: serving.Documents | None) -> None:
-        """Serve the document key with ``choice`` from now on (None: not at all), in memory only."""
-        if choice is not None and (self.documents is None or set(choice.layers) - set(self._layers)):
-            raise ValueError("the database has no token tables or not those layers.")
-        self.document_serving = choice
-
     @property
     def codec(self) -> values.Codec:
         """How values are stored, and so how the fed model reads them (dtype, scale)."""

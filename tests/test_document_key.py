@@ -150,3 +150,11 @@ def test_a_float16_database_serves_both_paths(float16_db, tokenizer, exact):
     for feed in feeds:
         np.testing.assert_allclose(plain.run(None, feed)[0], exact.run(None, feed)[0], rtol=1e-3, atol=5e-4)
     assert [after - b for after, b in zip(_hits(documents), before)] == [4, 4]
+
+
+def test_a_model_given_as_bytes_serves_the_document_key_too(documents_only, tokenizer, exact):
+    model, db = documents_only
+    session = attmemo.InferenceSession(model.read_bytes(), db=db)
+    feed = _feed(session, _ids(tokenizer, TINY_CORPUS[2]))
+    np.testing.assert_allclose(session.run(None, feed)[0], exact.run(None, feed)[0], atol=2e-4)
+    assert _hits(session) == [1, 1]
