@@ -158,3 +158,16 @@ def test_a_model_given_as_bytes_serves_the_document_key_too(documents_only, toke
     feed = _feed(session, _ids(tokenizer, TINY_CORPUS[2]))
     np.testing.assert_allclose(session.run(None, feed)[0], exact.run(None, feed)[0], atol=2e-4)
     assert _hits(session) == [1, 1]
+
+
+def test_with_two_sessions_spinning_is_off_unless_the_caller_chose(documents_only):
+    """Idle spinning threads of one session steal the cores of the other (docs: 2x slower)."""
+    model, db = documents_only
+    spinning = "session.intra_op.allow_spinning"
+    mine = ort.SessionOptions()
+    attmemo.InferenceSession(str(model), db=db, sess_options=mine)
+    assert mine.get_session_config_entry(spinning) == "0"
+    chosen = ort.SessionOptions()
+    chosen.add_session_config_entry(spinning, "1")
+    attmemo.InferenceSession(str(model), db=db, sess_options=chosen)
+    assert chosen.get_session_config_entry(spinning) == "1"
