@@ -57,7 +57,7 @@ def session_options(db: str | os.PathLike | None = None, sess_options: ort.Sessi
     under that other model's id and never serves this one.
     """
     so = sess_options if sess_options is not None else ort.SessionOptions()
-    if not _is_registered(so):
+    if _config_entry(so, _REGISTERED_KEY) != "1":
         so.register_custom_ops_library(custom_ops.library_path())
         so.add_session_config_entry(_REGISTERED_KEY, "1")
     if db is not None:
@@ -67,11 +67,12 @@ def session_options(db: str | os.PathLike | None = None, sess_options: ort.Sessi
     return so
 
 
-def _is_registered(so: ort.SessionOptions) -> bool:
+def _config_entry(so: ort.SessionOptions, key: str) -> str | None:
+    """The value of a session config entry, or None if unset."""
     try:
-        return so.get_session_config_entry(_REGISTERED_KEY) == "1"
+        return so.get_session_config_entry(key)
     except Exception:  # noqa: BLE001 - onnxruntime raises a bare RuntimeError for a missing key
-        return False
+        return None
 
 
 class InferenceSession(ort.InferenceSession):
@@ -193,9 +194,7 @@ def _no_spinning_unless_set(options: ort.SessionOptions) -> None:
     of the other: MiniLM at 256 tokens on 2 cores took 83-86 ms per run alternating between
     two spinning sessions, 44-46 ms with spinning off (41.5 ms for one session alone).
     """
-    try:
-        options.get_session_config_entry(_SPINNING)
-    except Exception:  # noqa: BLE001 - onnxruntime raises a bare RuntimeError for a missing key
+    if _config_entry(options, _SPINNING) is None:
         options.add_session_config_entry(_SPINNING, "0")
 
 

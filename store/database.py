@@ -74,7 +74,6 @@ class MemoDatabase:
         self._policies = _policies(serving.thresholds_of(manifest))
         # The document key (documents.py); None for a database built without token tables.
         self.documents = documents
-        self.document_serving = serving.documents_of(manifest) if documents is not None else None
         self.stats = MemoStats()
         self._logged: set[tuple[int, str]] = set()   # (layer, kind of problem) already logged
         self._bucket_lengths = sorted(manifest.buckets)
@@ -151,6 +150,11 @@ class MemoDatabase:
         if unknown:
             raise ValueError(f"the database has no layer {min(unknown)}.")
         self._policies = _policies(thresholds)   # one assignment: concurrent lookups see old or new
+
+    @property
+    def document_serving(self) -> serving.Documents | None:
+        """What the document key serves (the manifest's choice), None without token tables."""
+        return serving.documents_of(self.manifest) if self.documents is not None else None
 
     @property
     def codec(self) -> values.Codec:

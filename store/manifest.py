@@ -133,8 +133,7 @@ def _schema_problem(data: dict) -> str | None:
         return "'buckets' must map bucket lengths >= 1 to row counts >= 0"
     if not (isinstance(data["dtype"], str) and data["dtype"] in CODECS):
         return f"'dtype' must be one of {', '.join(CODECS)}"
-    threshold = data["threshold"]
-    if not (type(threshold) in (int, float) and math.isfinite(threshold) and 0 < threshold <= 1):
+    if not is_threshold(data["threshold"]):
         return "'threshold' must be a number in (0, 1]"
     key = data["key"]
     if not (isinstance(key, dict) and key.keys() == _KEY_FIELDS and all(_is_int(v, 1) for v in key.values())):
@@ -150,6 +149,11 @@ def _schema_problem(data: dict) -> str | None:
                 and isinstance(entry["sha256"], str) and _SHA256.fullmatch(entry["sha256"])):
             return f"the entry of {_short(name)} must be {{\"bytes\": integer >= 0, \"sha256\": 64 hex digits}}"
     return None
+
+
+def is_threshold(value) -> bool:
+    """A hit threshold: a JSON number (not a boolean) in (0, 1]."""
+    return type(value) in (int, float) and math.isfinite(value) and 0 < value <= 1
 
 
 def _is_int(value, minimum: int) -> bool:

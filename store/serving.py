@@ -24,7 +24,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .manifest import FILENAME, MemoDatabaseError
+from .manifest import FILENAME, MemoDatabaseError, is_threshold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +66,7 @@ def _thresholds_problem(thresholds: dict, layers: dict[int, int]) -> str | None:
     for layer, tau in thresholds.items():
         if not (isinstance(layer, str) and layer.isdigit() and int(layer) in layers):
             return f"\"serving\" names layer {layer!r}, which the database does not store"
-        if not _is_threshold(tau):
+        if not is_threshold(tau):
             return f"\"serving\" threshold {tau!r} of layer {layer} is not in (0, 1]"
     return None
 
@@ -78,13 +78,9 @@ def _documents_problem(documents: object, layers: dict[int, int]) -> str | None:
     if not (isinstance(listed, list) and listed and
             all(isinstance(k, int) and not isinstance(k, bool) and k in layers for k in listed)):
         return "\"serving\" \"documents\" must be an object listing layers the database stores"
-    if not _is_threshold(documents.get("threshold")):
+    if not is_threshold(documents.get("threshold")):
         return f"\"serving\" \"documents\" threshold {documents.get('threshold')!r} is not in (0, 1]"
     return None
-
-
-def _is_threshold(tau: object) -> bool:
-    return not isinstance(tau, bool) and isinstance(tau, (int, float)) and 0 < tau <= 1
 
 
 def write(folder: str | Path, *, thresholds: dict[int, float], measured: dict,
