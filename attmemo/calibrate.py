@@ -10,6 +10,7 @@ What ``attmemo calibrate`` runs. On held-out texts, with the real model and data
    nothing hit, can hide their hits;
 4. the document key (attmemo.document_tier) at each share of matching positions in
    DOCUMENT_THRESHOLDS, every layer reusing on a hit and misses running the exact model;
+   where that breaks the budget, the largest set of layers that keeps it (_document_trials);
 5. the latency of the best candidates of each kind and of "off", interleaved on the same
    texts; the fastest within budget wins only if it beats "off" by ``min_gain``, else
    memoization is switched off (sessions then run the exact model).
@@ -33,7 +34,7 @@ from .store.serving import Documents
 log = logging.getLogger(__name__)
 
 THRESHOLDS = (0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
-DOCUMENT_THRESHOLDS = (1.0, 0.98, 0.95, 0.9, 0.85, 0.8)   # share of positions with the same token
+DOCUMENT_THRESHOLDS = (1.0, 0.98, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)   # share of positions with the same token
 OFTEN = 0.5   # "hits often": at least this share of a layer's lookups hit
 
 
@@ -56,7 +57,7 @@ class Trial:
     hit_rate: dict[int, float]             # layer -> hits / texts, every layer of the database
     cosine: dict[str, float]               # mean, p1, min
     accuracy_loss: float | None            # exact accuracy - memo accuracy (fraction), None without labels
-    latency_ratio: float | None = None     # median of (this / off), interleaved; None if not timed
+    latency_ratio: float | None = None     # total time with this / off, interleaved; None if not timed
     documents: Documents | None = None     # the document key's threshold and layers, None if not used
 
     @property
@@ -116,11 +117,19 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
     exact = runner.embed(None)
     centroids = nearest_centroids(exact, labels) if labels is not None else None
 
-    def measure(thresholds: dict[int, float], documents: Documents | None = None) -> Trial:
-        trial = runner.trial(thresholds, documents, exact, labels, centroids)
-        say(f"{trial.describe()}: memo rate {trial.memo_rate:.2f}, cosine mean {trial.cosine['mean']:.4f} "
-            f"p1 {trial.cosine['p1']:.4f}" + _accuracy_text(trial))
+    def measure(thresholds: dict[int, float]) -> Trial:
+        trial = runner.trial(thresholds, exact, labels, centroids)
+        say(f"{trial.describe()}: {_quality_text(trial)}")
         return trial
+
+    def measure_documents(layers: tuple[int, ...]) -> list[Trial]:
+        trials = runner.document_trials(layers, document_thresholds, exact, labels, centroids)
+        held = [t for t in trials if budget.holds(t) and t.memo_rate > 0]
+        say(f"document key on layers {','.join(map(str, layers))}: " +
+            (f"within budget down to {held[-1].documents.threshold:g} ({_quality_text(held[-1])})"
+             if held else f"over budget wherever it hits (at {trials[-1].documents.threshold:g}: "
+                          f"{_quality_text(trials[-1])})"))
+        return trials
 
     layer_trials = []
     for tau in thresholds:
@@ -130,9 +139,8 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
         if budget.holds(layer_trials[-1]) and often and often != everywhere:
             layer_trials.append(measure(often))
     document_trials = []
-    if database.documents is not None:
-        every_layer = tuple(sorted(database.manifest.layers))
-        document_trials = [measure({}, Documents(tau, every_layer)) for tau in document_thresholds]
+    if runner.tier is not None:
+        document_trials = _document_trials(measure_documents, runner.every_layer, budget)
 
     off = Trial({}, {}, {"mean": 1.0, "p1": 1.0, "min": 1.0}, 0.0 if labels is not None else None, 1.0)
     candidates = [*_best(layer_trials, budget, 2), *_best(document_trials, budget, 2)]
@@ -146,6 +154,34 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
     say(f"chosen: {chosen.describe()}")
     return Calibration(chosen=chosen, trials=[*layer_trials, *document_trials], texts=len(texts),
                        seconds=time.perf_counter() - start)
+
+
+def _document_trials(measure: Callable[[tuple[int, ...]], list[Trial]], every_layer: tuple[int, ...],
+                     budget: Budget) -> list[Trial]:
+    """The document key on every layer and, if that breaks the budget at the lowest
+    threshold, on the sets of layers a greedy search grows.
+
+    ``measure(layers)`` gives one trial per threshold, highest first. The search adds, one
+    at a time, the layer that lets the most attention be reused within budget (ties: the
+    higher p1), and stops when no layer adds any. Reused attention changes a layer's output
+    and so every later layer's input; the damage is not additive, so each set is measured
+    with its own fed model: on templated messages at 0.7, layers 0-4 each alone keep p1
+    above 0.98, together 0.88.
+    """
+    trials = measure(every_layer)
+    if budget.holds(trials[-1]) or trials[-1].memo_rate == 0:
+        return trials
+    chosen, best = (), 0.0
+    while len(chosen) < len(every_layer) - 1:
+        step = [t for layer in every_layer if layer not in chosen
+                for t in measure(tuple(sorted((*chosen, layer))))]
+        trials += step
+        better = [t for t in step if budget.holds(t) and t.memo_rate > best]
+        if not better:
+            break
+        winner = max(better, key=lambda t: (t.memo_rate, t.cosine["p1"]))
+        chosen, best = winner.documents.layers, winner.memo_rate
+    return trials
 
 
 def _fastest(timed: list[Trial], min_gain: float) -> Trial | None:
@@ -171,6 +207,11 @@ def _best(trials: list[Trial], budget: Budget, count: int) -> list[Trial]:
     return kept[:count]
 
 
+def _quality_text(trial: Trial) -> str:
+    return (f"memo rate {trial.memo_rate:.2f}, cosine mean {trial.cosine['mean']:.4f} "
+            f"p1 {trial.cosine['p1']:.4f}" + _accuracy_text(trial))
+
+
 def _accuracy_text(trial: Trial) -> str:
     return "" if trial.accuracy_loss is None else f", accuracy loss {100 * trial.accuracy_loss:.1f} pt"
 
@@ -186,10 +227,10 @@ def _write_choice(folder: Path, chosen: Trial, budget: Budget, *, texts: int) ->
 class _Runner:
     """The held-out texts, one unpadded text per run (batch 1), under each serving choice.
 
-    Three sessions: the rewritten model (per-layer lookups, the database attached
-    to the op registry only while a choice with thresholds runs), the exact model
-    (what "off" and a document-key miss run) and the fed model of every layer (a
-    document-key hit), as attmemo.InferenceSession would run them.
+    Sessions: the rewritten model (per-layer lookups, the database attached to the op
+    registry only while a choice with thresholds runs), the exact model (what "off" and a
+    document-key miss run) and, per set of layers the document key serves, the fed model
+    of those layers (a document-key hit), as attmemo.InferenceSession would run them.
     """
 
     def __init__(self, model: Path, database, texts: Sequence[str], *, max_length: int):
@@ -199,7 +240,7 @@ class _Runner:
         from attmemo.bench import quiet_session_options
         from attmemo.custom_ops.registry import MODEL_ID_KEY
         from attmemo.document_tier import DocumentTier
-        from attmemo.session import exact_model, fed_model, rewritten_model_bytes, session_options
+        from attmemo.session import exact_model, rewritten_model_bytes, session_options
         from attmemo.store import MemoDatabaseError
         from attmemo.store.recorder import load_tokenizer
 
@@ -207,21 +248,39 @@ class _Runner:
         if metadata.get(MODEL_ID_KEY) != database.model_id:
             raise MemoDatabaseError(f"{database.folder}: built for model {database.model_id}, but {model} is "
                                     f"{metadata.get(MODEL_ID_KEY)}; calibrate the database built for this model.")
-        self.database = database
+        self.model, self.database = model, database
         self.session = ort.InferenceSession(str(model), session_options(sess_options=quiet_session_options()))
         exact = rewritten_model_bytes(model, exact_model)
         self.off_session = (ort.InferenceSession(exact, quiet_session_options()) if exact is not None
                             else self.session)
-        self.fed_session, self.tier = None, None
-        if database.documents is not None:
-            every_layer = tuple(sorted(database.manifest.layers))
-            fed = rewritten_model_bytes(model, lambda m: fed_model(m, every_layer, database.codec))
-            if fed is not None:
-                self.fed_session = ort.InferenceSession(fed, quiet_session_options())
-                self.tier = DocumentTier(database, Documents(1.0, every_layer))
+        self.every_layer = tuple(sorted(database.manifest.layers))
+        self._fed_sessions: dict[tuple[int, ...], object] = {}
+        self.tier = None
+        if database.documents is not None and self.fed_session(self.every_layer) is not None:
+            self.tier = DocumentTier(database, Documents(1.0, self.every_layer))
         tokenizer = load_tokenizer(model, metadata)
         names = {i.name for i in self.session.get_inputs()}
         self.feeds = [_feed(tokenizer, text, names, max_length) for text in texts]
+        # Per text, the share of positions it has in common with its nearest stored text (0: none of its length).
+        self.shares = np.array([_share(database.documents, feed["input_ids"][0]) for feed in self.feeds])
+
+    def fed_session(self, layers: tuple[int, ...], *, keep: bool = True):
+        """The onnxruntime session of the fed model of ``layers``, None if it has none.
+
+        keep: made once and kept (a MiniLM session holds ~90 MB, and a search tries up to 21 sets).
+        """
+        import onnxruntime as ort
+
+        from attmemo.bench import quiet_session_options
+        from attmemo.session import fed_model, rewritten_model_bytes
+
+        if layers in self._fed_sessions:
+            return self._fed_sessions[layers]
+        fed = rewritten_model_bytes(self.model, lambda m: fed_model(m, layers, self.database.codec))
+        session = None if fed is None else ort.InferenceSession(fed, quiet_session_options())
+        if keep:
+            self._fed_sessions[layers] = session
+        return session
 
     def use(self, thresholds: dict[int, float] | None) -> None:
         """None: database detached (exact); else serve the given layers at the given thresholds."""
@@ -241,36 +300,61 @@ class _Runner:
             self.tier.choice = documents
             fed = self.tier.feeds(feed)
             if fed is not None:
-                return self.fed_session.run(None, fed)[0]
+                return self.fed_session(documents.layers).run(None, fed)[0]
         return (self.session if thresholds else self.off_session).run(None, feed)[0]
 
-    def embed(self, thresholds: dict[int, float] | None, documents: Documents | None = None) -> np.ndarray:
+    def embed(self, thresholds: dict[int, float] | None) -> np.ndarray:
         from attmemo.embedding import sentence_embedding
         self.use(thresholds or None)
         try:
-            return np.stack([sentence_embedding(self.run(feed, thresholds or {}, documents),
+            return np.stack([sentence_embedding(self.run(feed, thresholds or {}, None),
                                                 feed["attention_mask"])[0] for feed in self.feeds])
         finally:
             self.use(None)
 
-    def trial(self, thresholds, documents, exact, labels, centroids) -> Trial:
+    def trial(self, thresholds, exact, labels, centroids) -> Trial:
+        """The per-layer lookups at ``thresholds``."""
         self.database.stats.reset()
-        memo = self.embed(thresholds, documents)
+        memo = self.embed(thresholds)
         stats = self.database.stats.snapshot()
-        loss = None
-        if labels is not None:
-            loss = centroid_accuracy(exact, labels, centroids) - centroid_accuracy(memo, labels, centroids)
-        return Trial(dict(thresholds), {layer: stats.get(layer, {}).get("hits", 0) / len(self.feeds)
-                                        for layer in sorted(self.database.manifest.layers)},
-                     dataclasses.asdict(cosine_stats(memo, exact)), loss, documents=documents)
+        return _trial(thresholds, None, memo, exact, labels, centroids,
+                      {layer: stats.get(layer, {}).get("hits", 0) / len(self.feeds) for layer in self.every_layer})
+
+    def document_trials(self, layers: tuple[int, ...], thresholds: Sequence[float], exact, labels,
+                        centroids) -> list[Trial]:
+        """The document key serving ``layers``, at each of ``thresholds``, with the fed model of ``layers``.
+
+        A miss runs the exact model and a hit at one threshold hits at every lower one, so
+        each text that hits at the lowest runs once and the trials of all thresholds follow.
+        """
+        from attmemo.embedding import sentence_embedding
+
+        session, lowest = self.fed_session(layers, keep=False), min(thresholds)
+        self.tier.choice = Documents(lowest, layers)
+        reused = exact.copy()
+        for i, feed in enumerate(self.feeds):
+            if self.shares[i] >= lowest:
+                reused[i] = sentence_embedding(session.run(None, self.tier.feeds(feed))[0], feed["attention_mask"])[0]
+        trials = []
+        for tau in thresholds:
+            hit = self.shares >= tau
+            rate = float(hit.mean())
+            memo = np.where(hit[:, None], reused, exact)
+            trials.append(_trial({}, Documents(tau, layers), memo, exact, labels, centroids,
+                                 {layer: rate if layer in layers else 0.0 for layer in self.every_layer}))
+        return trials
 
     def latency_ratios(self, choices: list[Trial], rounds: int) -> list[float]:
-        """Per choice, the median over texts and rounds of (time with it / time off), interleaved.
+        """Per choice, its total time over the texts / the total time off, interleaved.
 
+        Each text's time is its median over ``rounds``. Totals, not the median text: when
+        some texts hit and others miss, the median text says nothing of the time saved.
         Off is the exact model; the rest run as ``run`` does, lookups included.
         """
         configs = [({}, None), *((c.thresholds, c.documents) for c in choices)]
-        ratios = [[] for _ in choices]
+        for documents in {c.documents for c in choices if c.documents is not None}:
+            self.fed_session(documents.layers)   # made before timing starts
+        totals = np.zeros(len(configs))
         for feed in self.feeds:
             times = [[] for _ in configs]
             for r in range(-1, rounds):   # round -1 warms up
@@ -284,9 +368,20 @@ class _Runner:
                     if r >= 0:
                         times[i].append(seconds)
             self.use(None)
-            for i in range(len(choices)):
-                ratios[i].extend(np.array(times[i + 1]) / np.array(times[0]))
-        return [float(np.median(r)) for r in ratios]
+            totals += [np.median(t) for t in times]
+        return [float(total / totals[0]) for total in totals[1:]]
+
+
+def _share(documents, ids: np.ndarray) -> float:
+    match = None if documents is None else documents.nearest(ids)
+    return 0.0 if match is None else match.similarity
+
+
+def _trial(thresholds, documents, memo, exact, labels, centroids, hit_rate) -> Trial:
+    loss = None
+    if labels is not None:
+        loss = centroid_accuracy(exact, labels, centroids) - centroid_accuracy(memo, labels, centroids)
+    return Trial(dict(thresholds), hit_rate, dataclasses.asdict(cosine_stats(memo, exact)), loss, documents=documents)
 
 
 def _feed(tokenizer, text: str, names: set[str], max_length: int) -> dict[str, np.ndarray]:

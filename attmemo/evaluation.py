@@ -129,6 +129,8 @@ def evaluate(workload: str, *, max_length: int, workdir: Path, settings: EvalSet
         "calibration": {"chosen": calibration.chosen.describe(), "seconds": calibration.seconds,
                         "trials": [{"choice": t.describe(), "memo_rate": t.memo_rate, "cosine": t.cosine,
                                     "key": "document" if t.documents is not None else "layer",
+                                    "layers": (list(t.documents.layers) if t.documents is not None
+                                               else sorted(t.thresholds)),
                                     "threshold": (t.documents.threshold if t.documents is not None
                                                   else min(t.thresholds.values(), default=None)),
                                     "accuracy_loss": t.accuracy_loss, "latency_ratio": t.latency_ratio}
@@ -212,8 +214,12 @@ class _Queries:
             for name in sessions:
                 ms[name].append(t.median_ms[name])
                 ratio[name].append(t.ratio[name])
+        # Where some queries hit and others miss, the median query is one or the other; the
+        # ratio of total times says what a stream of such queries costs.
         return {**{name: float(np.median(v)) for name, v in ms.items()},
-                "ratio": {name: float(np.median(v)) for name, v in ratio.items()}, "timed_queries": len(chosen)}
+                "ratio": {name: float(np.median(v)) for name, v in ratio.items()},
+                "total_ratio": {name: float(np.sum(v) / np.sum(ms["baseline"])) for name, v in ms.items()},
+                "timed_queries": len(chosen)}
 
 
 def _ceiling(model: Path, stored_ids, query_ids, thresholds: dict[int, float], default: float) -> dict:
@@ -250,13 +256,13 @@ def write_json(result: dict, path: Path) -> None:
 def table(result: dict) -> list[str]:
     """The one table ``attmemo eval`` prints."""
     lat, cos = result["latency_ms"], result["cosine"]
-    ratio = lat["ratio"]
+    ratio, total = lat["ratio"], lat.get("total_ratio", {})
     lines = [f"workload {result['workload']}, max {result['max_length']} tokens, batch 1 unpadded: "
              f"{result['stored_texts']} stored texts, {result['measured_queries']} measured queries",
-             f"{'':34}{'ms':>8}{'/ baseline':>12}",
-             f"{'baseline (unmodified model)':34}{lat['baseline']:>8.2f}{1.0:>12.3f}",
-             f"{'oracle (true attention, free)':34}{lat['oracle']:>8.2f}{ratio['oracle']:>12.3f}",
-             f"{'memoized (calibrated)':34}{lat['memo']:>8.2f}{ratio['memo']:>12.3f}",
+             f"{'':34}{'median ms':>10}{'/ baseline':>12}{'total / baseline':>18}",
+             *(f"{label:34}{lat[name]:>10.2f}{ratio[name]:>12.3f}{total.get(name, float('nan')):>18.3f}"
+               for name, label in (("baseline", "baseline (unmodified model)"),
+                                   ("oracle", "oracle (true attention, free)"), ("memo", "memoized (calibrated)"))),
              "document key: " + ("off" if result.get("documents") is None else
                                  f"threshold {result['documents']['threshold']:g} on layers "
                                  + ",".join(map(str, result["documents"]["layers"])))
@@ -277,6 +283,22 @@ def table(result: dict) -> list[str]:
                      f"{alt['cosine']['mean']:.4f}, p1 {alt['cosine']['p1']:.4f}, min {alt['cosine']['min']:.4f}")
     lines.append(f"database: {result['db_bytes'] / 2**20:.0f} MiB ({result['dtype']} attention)")
     return lines
+
+
+def _tradeoff_curves(result: dict) -> list[tuple[str, list[dict], str]]:
+    """Calibration trials to draw, one curve per key: the per-layer key, the document key on
+    every layer and, if calibration searched smaller sets, the document key on the chosen set."""
+    trials = result["calibration"]["trials"]
+    layers = [t for t in trials if t.get("key") == "layer"]
+    documents = [t for t in trials if t.get("key") == "document"]
+    every = max((len(t["layers"]) for t in documents), default=0)
+    curves = [("layer key", layers, "#ff7f0e"),
+              ("document key", [t for t in documents if len(t["layers"]) == every], "#1f77b4")]
+    chosen = (result.get("documents") or {}).get("layers")
+    if chosen is not None and len(chosen) < every:
+        curves.append((f"document key, layers {','.join(map(str, chosen))}",
+                       [t for t in documents if t["layers"] == chosen], "#2ca02c"))
+    return [curve for curve in curves if curve[1]]
 
 
 def write_png(result: dict, path: Path) -> Path:
@@ -301,14 +323,11 @@ def write_png(result: dict, path: Path) -> Path:
     times.bar(names, [lat[n] for n in names], color=["#7f7f7f", "#c7c7c7", "#1f77b4"])
     times.set_ylabel("median ms (batch 1, unpadded)")
     times.set_title(f"cosine to exact: mean {result['cosine']['mean']:.3f}", fontsize=10)
-    for key, color in (("layer", "#ff7f0e"), ("document", "#1f77b4")):
-        trials = [t for t in result["calibration"]["trials"] if t.get("key") == key]
-        if not trials:
-            continue
+    for label, trials, color in _tradeoff_curves(result):
         rates = [t["memo_rate"] for t in trials]
-        tradeoff.plot(rates, [t["cosine"]["mean"] for t in trials], "o-", color=color, label=f"{key} key, mean")
+        tradeoff.plot(rates, [t["cosine"]["mean"] for t in trials], "o-", color=color, label=f"{label}, mean")
         tradeoff.plot(rates, [t["cosine"]["p1"] for t in trials], "s--", color=color, alpha=0.6,
-                      label=f"{key} key, 1st pct")
+                      label=f"{label}, 1st pct")
         for t in trials:
             tradeoff.annotate(f"{t['threshold']:g}", (t["memo_rate"], t["cosine"]["p1"]), fontsize=6, color=color)
     tradeoff.set_xlabel("memo rate (calibration queries)")

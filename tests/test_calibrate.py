@@ -133,3 +133,66 @@ def test_a_database_switched_off_runs_the_exact_model(db_copy):
     plain = ir.load(model)
     assert exact_model(plain) == 2
     assert not any(n.domain.startswith("attmemo") or n.op_type == "If" for n in plain.graph)
+
+
+def _edited(text: str) -> str:
+    """``text`` with its second word replaced in place by another single-token word."""
+    words = text.split()
+    words[1] = "news" if words[1] != "news" else "market"
+    return " ".join(words)
+
+
+def test_the_document_key_on_some_layers_is_measured_as_a_session_serves_it(db_copy):
+    """Reused attention changes the input of every later layer, so a layer set's quality must
+    come from its own fed model: calibration's cosine is what a session serving the choice gives."""
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    from attmemo.ceiling import cosine_stats
+    from attmemo.embedding import sentence_embedding
+    from attmemo.export.hf_export import tokenizer_dir_for
+    from attmemo.session import exact_model, rewritten_model_bytes
+
+    model, db = db_copy
+    edited = [_edited(t) for t in TINY_CORPUS if len(t.split()) == 12]   # 13 of 14 positions kept
+    result = calibrate(model, edited, db=db, max_length=32, rounds=1, thresholds=(), document_thresholds=(0.9,),
+                       budget=Budget(cosine_mean=1.0, cosine_p1=1.0), write=False)
+    measured = {t.documents.layers: t for t in result.trials}
+    assert set(measured) == {(0, 1), (0,), (1,)}, "every layer breaks a budget of 1.0, so each layer is tried alone"
+    last = measured[(1,)]
+    assert last.hit_rate[0] == 0 and last.hit_rate[1] > 0, "edited texts hit, on layer 1 only"
+
+    serving.write(db, thresholds={}, documents=last.documents, measured={})
+    session = attmemo.InferenceSession(str(model), db=db)
+    exact = ort.InferenceSession(rewritten_model_bytes(model, exact_model))
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir_for(model)))
+    served, plain = [], []
+    for text in edited:
+        feed = {k: v.astype(np.int64) for k, v in tokenizer(text, return_tensors="np").items()}
+        served.append(sentence_embedding(session.run(None, feed)[0], feed["attention_mask"])[0])
+        plain.append(sentence_embedding(exact.run(None, feed)[0], feed["attention_mask"])[0])
+    assert session.memo_stats()[1]["hits"] == last.hit_rate[1] * len(edited) and session.memo_stats().get(0, {}).get("hits", 0) == 0
+    served_cosine = cosine_stats(np.stack(served), np.stack(plain))
+    assert served_cosine.mean < 1 - 1e-6, "the reuse does change the output"
+    assert served_cosine.mean == pytest.approx(last.cosine["mean"], abs=1e-6)
+    assert served_cosine.min == pytest.approx(last.cosine["min"], abs=1e-6)
+
+
+def test_the_layer_search_grows_the_set_while_the_budget_holds():
+    """Layers join one at a time, the one keeping quality best first, until none can join."""
+    from attmemo.calibrate import Trial, _document_trials
+    from attmemo.store.serving import Documents
+
+    harm = {0: 0.002, 1: 0.001, 2: 0.004, 3: 0.05}   # cosine lost per layer reusing, made additive here
+
+    def measure(layers):
+        cosine = 1 - sum(harm[layer] for layer in layers)
+        return [Trial({}, {layer: 0.5 if layer in layers else 0.0 for layer in harm},
+                      {"mean": cosine, "p1": cosine, "min": cosine}, None, documents=Documents(0.8, layers))]
+
+    trials = _document_trials(measure, (0, 1, 2, 3), Budget(cosine_mean=0.99, cosine_p1=0.99))
+    tried = [t.documents.layers for t in trials]
+    assert tried[0] == (0, 1, 2, 3), "every layer first"
+    assert (0, 1, 2) in tried and (0, 1, 2, 3) not in tried[1:], "then 1, then 0, then 2; never 3"
+    best = max((t for t in trials if Budget(cosine_mean=0.99, cosine_p1=0.99).holds(t)), key=lambda t: t.memo_rate)
+    assert best.documents.layers == (0, 1, 2)
