@@ -174,10 +174,18 @@ def ceiling_memo_rate(similarity_QL: np.ndarray, threshold: float | Mapping[int,
 
 def cosine_stats(approx_ND: np.ndarray, exact_ND: np.ndarray) -> CosineStats:
     """Mean, 1st percentile and minimum over rows of the cosine between two float [N, D] arrays."""
+    return stats_of(row_cosines(approx_ND, exact_ND))
+
+
+def row_cosines(approx_ND: np.ndarray, exact_ND: np.ndarray) -> np.ndarray:
+    """float [N]: the cosine between each row of two float [N, D] arrays."""
     a = approx_ND / np.linalg.norm(approx_ND, axis=1, keepdims=True)
     b = exact_ND / np.linalg.norm(exact_ND, axis=1, keepdims=True)
-    cos = np.clip((a * b).sum(axis=1), -1.0, 1.0)
-    return CosineStats(float(cos.mean()), float(np.percentile(cos, 1)), float(cos.min()))
+    return np.clip((a * b).sum(axis=1), -1.0, 1.0)
+
+
+def stats_of(cosines_N: np.ndarray) -> CosineStats:
+    return CosineStats(float(cosines_N.mean()), float(np.percentile(cosines_N, 1)), float(cosines_N.min()))
 
 
 def exact_input_cache(stored_ids: Sequence[np.ndarray], stored_embeddings: np.ndarray,

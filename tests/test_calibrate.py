@@ -190,9 +190,24 @@ def test_the_layer_search_grows_the_set_while_the_budget_holds():
         return [Trial({}, {layer: 0.5 if layer in layers else 0.0 for layer in harm},
                       {"mean": cosine, "p1": cosine, "min": cosine}, None, documents=Documents(0.8, layers))]
 
-    trials = _document_trials(measure, (0, 1, 2, 3), Budget(cosine_mean=0.99, cosine_p1=0.99))
+    budget = Budget(cosine_mean=0.99, cosine_p1=0.99)
+    trials = _document_trials(measure, (0, 1, 2, 3), budget.holds)
     tried = [t.documents.layers for t in trials]
     assert tried[0] == (0, 1, 2, 3), "every layer first"
     assert (0, 1, 2) in tried and (0, 1, 2, 3) not in tried[1:], "then 1, then 0, then 2; never 3"
-    best = max((t for t in trials if Budget(cosine_mean=0.99, cosine_p1=0.99).holds(t)), key=lambda t: t.memo_rate)
+    best = max((t for t in trials if budget.holds(t)), key=lambda t: t.memo_rate)
     assert best.documents.layers == (0, 1, 2)
+
+
+def test_a_choice_must_also_hold_on_the_texts_it_was_not_chosen_on(db_copy):
+    """Choices are made on alternate texts and confirmed on the others: here the texts chosen on
+    are stored members (reuse is exact) and the others reversed texts (reuse is wrong)."""
+    model, db = db_copy
+    members = TINY_CORPUS[-6:]
+    texts = [t for member in members for t in (member, " ".join(reversed(member.split())))]
+    result = calibrate(model, texts, db=db, max_length=32, rounds=1, min_gain=-10.0, thresholds=(0.01,),
+                       document_thresholds=(), budget=Budget(cosine_mean=0.9999, cosine_p1=0.9999))
+    loose = result.trials[0]
+    assert Budget(cosine_mean=0.9999, cosine_p1=0.9999).holds(loose.on(np.arange(0, 12, 2))), "members: exact"
+    assert loose.on(np.arange(1, 12, 2)).cosine["mean"] < 0.9999, "reversed texts: wrong attention"
+    assert result.chosen.thresholds == {}, "so it is not taken, even for free"
