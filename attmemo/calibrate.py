@@ -10,10 +10,14 @@ What ``attmemo calibrate`` runs. On held-out texts, with the real model and data
    nothing hit, can hide their hits;
 4. the document key (attmemo.document_tier) at each share of matching positions in
    DOCUMENT_THRESHOLDS, every layer reusing on a hit and misses running the exact model;
-   where that breaks the budget, the largest set of layers that keeps it (_document_trials);
+   where that breaks the budget, a greedy search for the set of layers that reuses most
+   within it, and the layers left out in a closer tier (_document_trials);
 5. the latency of the best candidates of each kind and of "off", interleaved on the same
    texts; the fastest within budget wins only if it beats "off" by ``min_gain``, else
    memoization is switched off (sessions then run the exact model).
+
+Choices are made on half the texts; a candidate must also keep the budget on the other
+half (the search tries up to ~170 choices, so the texts it chose on flatter the winner).
 
 The choice is written into the database's manifest (``serving``), which sessions honour.
 """
@@ -94,8 +98,7 @@ class Trial:
     def describe(self) -> str:
         parts = []
         if self.documents is not None:
-            parts.append(f"document key {self.documents.threshold:g} on layers "
-                         f"{','.join(map(str, self.documents.layers))}")
+            parts.append(f"document key {self.documents.describe()}")
         if self.thresholds:
             taus = sorted(set(self.thresholds.values()))
             parts.append(f"tau {'/'.join(f'{t:g}' for t in taus)} on layers "
@@ -138,9 +141,7 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
 
     exact = runner.embed(None)
     centroids = nearest_centroids(exact, labels) if labels is not None else None
-    # The search tries up to ~170 choices and keeps the one reusing most that looks within
-    # budget, so its own texts flatter the winner (templated: p1 0.97 there, 0.964 on new
-    # messages). Choices are made on half the texts and must hold on the other half too.
+    # See the module docstring (templated: p1 >= 0.97 on the texts chosen on, 0.964 on new messages).
     choose_on, confirm_on = _halves(len(texts))
     chosen_half = lambda trial: trial.on(choose_on)  # noqa: E731
 
@@ -167,8 +168,14 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
             layer_trials.append(measure(often))
     document_trials = []
     if runner.tier is not None and document_thresholds:
-        document_trials = _document_trials(measure_documents, runner.every_layer,
-                                           lambda t: budget.holds(chosen_half(t)))
+        document_trials = _document_trials(measure_documents, runner.every_layer, budget, chosen_half,
+                                           runner.closer_trial)
+        closer = [t for t in document_trials if t.documents.closer is not None]
+        if closer:
+            held = [t for t in closer if budget.holds(chosen_half(t))]
+            say(f"document key, closer tier: best {max(held, key=lambda t: t.memo_rate).describe()} "
+                f"({_quality_text(max(held, key=lambda t: t.memo_rate))})" if held else
+                f"document key, closer tier: none of {len(closer)} within budget")
 
     off = Trial({}, {}, {"mean": 1.0, "p1": 1.0, "min": 1.0}, 0.0 if labels is not None else None, 1.0)
     candidates = []
@@ -192,30 +199,48 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
 
 
 def _document_trials(measure: Callable[[tuple[int, ...]], list[Trial]], every_layer: tuple[int, ...],
-                     holds: Callable[[Trial], bool]) -> list[Trial]:
+                     budget: Budget, view: Callable[[Trial], Trial],
+                     closer: Callable[[Trial, Trial], Trial]) -> list[Trial]:
     """The document key on every layer and, if that breaks the budget at the lowest
-    threshold, on the sets of layers a greedy search grows.
+    threshold, on the sets of layers a greedy search grows, then with one closer tier.
 
-    ``measure(layers)`` gives one trial per threshold, highest first. The search adds, one
-    at a time, the layer that lets the most attention be reused within budget (``holds``;
-    ties: the higher mean cosine), and stops when no layer adds any. Reused attention changes a layer's output
+    ``measure(layers)`` gives one trial per threshold, highest first; ``view(trial)`` is
+    the trial as choices are made on (budget and ties). The search adds, one at a time,
+    the layer that lets the most attention be reused within budget (ties: the higher mean
+    cosine), and stops when no layer adds any. Reused attention changes a layer's output
     and so every later layer's input; the damage is not additive, so each set is measured
     with its own fed model: on templated messages at 0.7, layers 0-4 each alone keep p1
     above 0.98, together 0.88.
+
+    The layers left out may still reuse where matches are closer: ``closer(chosen, wider)``
+    assembles the chosen set with a wider set's extra layers from the wider set's higher
+    threshold on, for each wider set one layer larger and for every layer.
     """
-    trials = measure(every_layer)
+    def holds(trial: Trial) -> bool:
+        return budget.holds(view(trial))
+
+    measured = {every_layer: measure(every_layer)}
+    trials = list(measured[every_layer])
     if holds(trials[-1]) or trials[-1].memo_rate == 0:
         return trials
-    chosen, best = (), 0.0
+    chosen, winner = (), None
     while len(chosen) < len(every_layer) - 1:
-        step = [t for layer in every_layer if layer not in chosen
-                for t in measure(tuple(sorted((*chosen, layer))))]
-        trials += step
-        better = [t for t in step if holds(t) and t.memo_rate > best]
+        step = [tuple(sorted((*chosen, layer))) for layer in every_layer if layer not in chosen]
+        measured.update((layers, measure(layers)) for layers in step)
+        trials += [t for layers in step for t in measured[layers]]
+        better = [t for layers in step for t in measured[layers]
+                  if holds(t) and t.memo_rate > (winner.memo_rate if winner else 0.0)]
         if not better:
             break
-        winner = max(better, key=lambda t: (t.memo_rate, t.cosine["mean"]))
-        chosen, best = winner.documents.layers, winner.memo_rate
+        winner = max(better, key=lambda t: (t.memo_rate, view(t).cosine["mean"]))
+        chosen = winner.documents.layers
+    if winner is None:
+        return trials
+    wider = dict.fromkeys([*(tuple(sorted((*chosen, layer))) for layer in every_layer if layer not in chosen),
+                           every_layer])
+    measured.update((layers, measure(layers)) for layers in wider if layers not in measured)
+    trials += [closer(winner, t) for layers in wider for t in measured[layers]
+               if t.documents.threshold > winner.documents.threshold and t.memo_rate > 0]
     return trials
 
 
@@ -236,7 +261,7 @@ def _fastest(timed: list[Trial], min_gain: float) -> Trial | None:
     if not paying:
         return None
     fastest = min(t.latency_ratio for t in paying)
-    return max((t for t in paying if t.latency_ratio <= fastest + max(min_gain, 0.0)), key=lambda t: t.memo_rate)
+    return max((t for t in paying if t.latency_ratio <= fastest + abs(min_gain)), key=lambda t: t.memo_rate)
 
 
 def _best(trials: list[Trial], holds: Callable[[Trial], bool]) -> list[Trial]:
@@ -340,9 +365,10 @@ class _Runner:
         """
         if documents is not None and self.tier is not None:
             self.tier.choice = documents
-            fed = self.tier.feeds(feed)
-            if fed is not None:
-                return self.fed_session(documents.layers).run(None, fed)[0]
+            found = self.tier.feeds(feed)
+            if found is not None:
+                layers, fed = found
+                return self.fed_session(layers).run(None, fed)[0]
         return (self.session if thresholds else self.off_session).run(None, feed)[0]
 
     def embed(self, thresholds: dict[int, float] | None) -> np.ndarray:
@@ -375,8 +401,9 @@ class _Runner:
         self.tier.choice = Documents(lowest, layers)
         reused = exact.copy()
         for i, feed in enumerate(self.feeds):
-            if self.shares[i] >= lowest:
-                reused[i] = sentence_embedding(session.run(None, self.tier.feeds(feed))[0], feed["attention_mask"])[0]
+            found = self.tier.feeds(feed) if self.shares[i] >= lowest else None
+            if found is not None:
+                reused[i] = sentence_embedding(session.run(None, found[1])[0], feed["attention_mask"])[0]
         trials = []
         for tau in thresholds:
             hit = self.shares >= tau
@@ -385,6 +412,20 @@ class _Runner:
             trials.append(_trial({}, Documents(tau, layers), memo, exact, labels, centroids,
                                  {layer: rate if layer in layers else 0.0 for layer in self.every_layer}))
         return trials
+
+    def closer_trial(self, base: Trial, wider: Trial) -> Trial:
+        """``base``'s document key with a closer tier: ``wider``'s extra layers also reuse
+        from ``wider``'s (higher) threshold on. Each text is served by one of the two fed
+        models, both measured already, so the trial is assembled, not run."""
+        near = self.shares >= wider.documents.threshold
+        b, w = base.per_text, wider.per_text
+        per_text = PerText(np.where(near, w.cosine, b.cosine), b.exact_right,
+                           None if b.memo_right is None else np.where(near, w.memo_right, b.memo_right))
+        extra = tuple(sorted(set(wider.documents.layers) - set(base.documents.layers)))
+        documents = dataclasses.replace(base.documents, closer=Documents(wider.documents.threshold, extra))
+        cosine, loss = per_text.quality(np.arange(len(near)))
+        hit_rate = {layer: wider.hit_rate[layer] if layer in extra else base.hit_rate[layer] for layer in base.hit_rate}
+        return Trial({}, hit_rate, cosine, loss, documents=documents, per_text=per_text)
 
     def latency_ratios(self, choices: list[Trial], rounds: int) -> list[float]:
         """Per choice, its total time over the texts / the total time off, interleaved.
@@ -395,7 +436,8 @@ class _Runner:
         """
         configs = [({}, None), *((c.thresholds, c.documents) for c in choices)]
         for documents in {c.documents for c in choices if c.documents is not None}:
-            self.fed_session(documents.layers)   # made before timing starts
+            for layers in documents.tiers():
+                self.fed_session(layers)   # made before timing starts
         totals = np.zeros(len(configs))
         for feed in self.feeds:
             times = [[] for _ in configs]

@@ -27,8 +27,9 @@ def add_parsers(sub, add_verbosity) -> None:
     p.add_argument("--max-length", type=int, default=256, help="tokens per text (default: 256)")
     p.add_argument("--json", help="write the result here (a PNG is written beside it)")
     p.add_argument("--workdir", default="attmemo-eval", help="models and databases (default: ./attmemo-eval)")
-    p.add_argument("--stored", type=int, default=64, help="texts in the database (default: 64)")
-    p.add_argument("--queries", type=int, default=48, help="queries; half calibrate, half are measured (default: 48)")
+    p.add_argument("--stored", type=int, help="texts in the database (default: 64; templated: 256)")
+    p.add_argument("--queries", type=int,
+                   help="queries; half calibrate, half are measured (default: 48; templated: 96)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per timed query (default: 7)")
     p.add_argument("--dtype", choices=["float32", "float16", "unorm16"], default="float32",
                    help="stored attention format: float32 (default) feeds document-key hits in place with no "
@@ -89,7 +90,8 @@ def eval_main(args) -> int:
     from attmemo import evaluation
     from attmemo.evaluation import EvalSettings
 
-    if args.stored < 2 or args.queries < 4 or args.rounds < 1:
+    if (args.stored is not None and args.stored < 2) or (args.queries is not None and args.queries < 4) \
+            or args.rounds < 1:
         raise ValueError("--stored must be at least 2, --queries at least 4 and --rounds at least 1.")
     if not 2 <= args.max_length <= evaluation.MAX_LENGTH:
         raise ValueError(f"--max-length {args.max_length} is outside 2..{evaluation.MAX_LENGTH}, the range of the "

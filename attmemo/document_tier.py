@@ -3,9 +3,10 @@
 ``attmemo.InferenceSession.run`` asks ``DocumentTier.feeds`` first. One unpadded
 sequence (batch 1, attention mask all ones, token types all zero) whose ids
 match a stored text of the same length at >= ``threshold`` of its positions
-(store/documents.py) gets the feeds of the fed model (transforms.unfuse.fed_model):
-every served layer receives that text's stored attention and skips its Q/K
-projections, Q·K^T and softmax. Anything else gets None and runs the model as
+(store/documents.py) gets the feeds of the fed model (transforms.unfuse.fed_model)
+of the layers the choice serves at that match (store/serving.Documents.served):
+each receives that text's stored attention and skips its Q/K projections,
+Q·K^T and softmax. Anything else gets None and runs the model as
 usual, so a miss costs the comparison alone (~10-50 us).
 
 Why before the run and not per layer inside it: a per-layer hit pays a Python
@@ -39,34 +40,34 @@ class DocumentTier:
         # place (values.ValueFile.fed): fresh arrays would page-fault on every run (~0.2 ms per 3 MB).
         self._local = threading.local()
 
-    def feeds(self, input_feed: dict) -> dict | None:
-        """The fed model's feeds if a stored text matches ``input_feed``, else None."""
+    def feeds(self, input_feed: dict) -> tuple[tuple[int, ...], dict] | None:
+        """(the layers that reuse, the feeds of their fed model) if a stored text matches ``input_feed``, else None."""
         ids = single_sequence(input_feed)
         if ids is None:
             return None
-        layers = self.choice.layers
+        layers = self.choice.every_layer
         start = time.perf_counter()
         try:
             match = self.database.documents.nearest(ids)
             if match is None:   # no stored text of this length: nothing was looked up
                 return None
-            hit = match.similarity >= self.choice.threshold
-            fed = {**input_feed, **self._stored(match, len(ids))} if hit else None
+            served = self.choice.served(match.similarity)
+            found = (served, {**input_feed, **self._stored(match, len(ids), served)}) if served else None
         except Exception as error:  # noqa: BLE001 - a lookup failure must cost only the reuse
             self.database.fall_back(layers[0], type(error).__name__, f"document lookup failed ({error})",
                                     sequences=1, error=error)
             return None
         seconds = (time.perf_counter() - start) / len(layers)
         for layer in layers:
-            self.database.stats.record(layer, lookups=1, hits=int(hit), seconds=seconds)
-        return fed
+            self.database.stats.record(layer, lookups=1, hits=int(layer in served), seconds=seconds)
+        return found
 
-    def _stored(self, match, n: int) -> dict[str, np.ndarray]:
+    def _stored(self, match, n: int, layers: tuple[int, ...]) -> dict[str, np.ndarray]:
         buffers = getattr(self._local, "buffers", None)
         if buffers is None or buffers[0] != n:
             buffers = self._local.buffers = (n, {})
         fed = {}
-        for layer in self.choice.layers:
+        for layer in layers:
             out = buffers[1].get(layer)
             if out is None:
                 out = buffers[1][layer] = np.empty((1, self.database.heads(layer), n, n), self.database.codec.fed_dtype)

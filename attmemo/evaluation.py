@@ -31,10 +31,18 @@ log = logging.getLogger(__name__)
 MAX_LENGTH = 512   # all-MiniLM-L6-v2's position table
 
 
+# (stored texts, queries) per workload. Templated messages are short (~60 tokens: 256 of
+# them take 325 MiB of float32 attention, 64 BBC documents 1145 MiB) and a service sending
+# them has sent many; the document key's matches, and so its reuse and quality, grow with
+# the store (64 stored: p1 0.965 at 4 % saved; 256: p1 0.972 at 7 %, docs/benchmarks.md).
+SIZES = {"templated": (256, 96)}
+DEFAULT_SIZES = (64, 48)
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-    stored: int = 64           # texts the database is built from
-    queries: int = 48          # half calibrate, half are measured
+    stored: int | None = None   # texts the database is built from (None: SIZES)
+    queries: int | None = None  # half calibrate, half are measured (None: SIZES)
     timed: int = 12            # measured queries that are also timed
     rounds: int = 7            # interleaved rounds per timed query
     ceiling_sample: int = 24   # measured queries searched exhaustively for the ceiling
@@ -43,6 +51,11 @@ class EvalSettings:
     # onnxruntime in place with no conversion (edited, 256 tokens: 0.77 of the baseline;
     # float16 0.80-0.82; unorm16 ~0.87) at twice the disk: 1.1 GB for 64 texts of 256 tokens.
     dtype: str = "float32"
+
+    def sized_for(self, workload: str) -> EvalSettings:
+        """These settings with the workload's default sizes where none were given."""
+        stored, queries = SIZES.get(workload, DEFAULT_SIZES)
+        return dataclasses.replace(self, stored=self.stored or stored, queries=self.queries or queries)
 
 
 def models(workdir: Path) -> dict[str, Path]:
@@ -74,6 +87,7 @@ def evaluate(workload: str, *, max_length: int, workdir: Path, settings: EvalSet
     from attmemo.store.build import build_database
     from attmemo.workloads import make_workload, write_corpus
 
+    settings = settings.sized_for(workload)
     w = make_workload(workload, stored=settings.stored, queries=settings.queries, seed=settings.seed)
     paths = models(workdir)
     calib, measured = w.queries[0::2], w.queries[1::2]
@@ -122,15 +136,15 @@ def evaluate(workload: str, *, max_length: int, workdir: Path, settings: EvalSet
         "build_threshold": database.manifest.threshold,
         "cosine": dataclasses.asdict(cosine_stats(memo, exact)), "accuracy": accuracy, "db_bytes": build.bytes_on_disk,
         "layers": {str(layer): thresholds.get(layer) for layer in layers},
-        "documents": (None if database.document_serving is None else
-                      {"threshold": database.document_serving.threshold,
-                       "layers": list(database.document_serving.layers)}),
+        "documents": None if database.document_serving is None else database.document_serving.as_json(),
         "alternatives": alternatives,
         "calibration": {"chosen": calibration.chosen.describe(), "seconds": calibration.seconds,
                         "trials": [{"choice": t.describe(), "memo_rate": t.memo_rate, "cosine": t.cosine,
                                     "key": "document" if t.documents is not None else "layer",
                                     "layers": (list(t.documents.layers) if t.documents is not None
                                                else sorted(t.thresholds)),
+                                    "closer": (t.documents.closer.as_json() if t.documents is not None
+                                               and t.documents.closer is not None else None),
                                     "threshold": (t.documents.threshold if t.documents is not None
                                                   else min(t.thresholds.values(), default=None)),
                                     "accuracy_loss": t.accuracy_loss, "latency_ratio": t.latency_ratio}
@@ -255,6 +269,7 @@ def write_json(result: dict, path: Path) -> None:
 
 def table(result: dict) -> list[str]:
     """The one table ``attmemo eval`` prints."""
+    from attmemo.store.serving import Documents
     lat, cos = result["latency_ms"], result["cosine"]
     ratio, total = lat["ratio"], lat.get("total_ratio", {})
     lines = [f"workload {result['workload']}, max {result['max_length']} tokens, batch 1 unpadded: "
@@ -264,8 +279,7 @@ def table(result: dict) -> list[str]:
                for name, label in (("baseline", "baseline (unmodified model)"),
                                    ("oracle", "oracle (true attention, free)"), ("memo", "memoized (calibrated)"))),
              "document key: " + ("off" if result.get("documents") is None else
-                                 f"threshold {result['documents']['threshold']:g} on layers "
-                                 + ",".join(map(str, result["documents"]["layers"])))
+                                 f"threshold {Documents.from_json(result['documents']).describe()}")
              + "; per-layer lookups: " + ", ".join(f"L{k} {'off' if v is None else f'tau {v:g}'}"
                                                    for k, v in result["layers"].items()),
              "memo rate per layer: " + ", ".join(f"L{k} {v:.2f}" for k, v in result["memo_rate_per_layer"].items())
@@ -297,7 +311,7 @@ def _tradeoff_curves(result: dict) -> list[tuple[str, list[dict], str]]:
     chosen = (result.get("documents") or {}).get("layers")
     if chosen is not None and len(chosen) < every:
         curves.append((f"document key, layers {','.join(map(str, chosen))}",
-                       [t for t in documents if t["layers"] == chosen], "#2ca02c"))
+                       [t for t in documents if t["layers"] == chosen and not t.get("closer")], "#2ca02c"))
     return [curve for curve in curves if curve[1]]
 
 

@@ -87,15 +87,15 @@ class InferenceSession(ort.InferenceSession):
 
     Two ways to reuse, as the database's ``serving`` section says (attmemo calibrate):
     the document key, asked by ``run`` before the model runs (one unpadded
-    sequence that matches a stored text position for position runs the fed
-    model, every served layer reading the stored attention; see
-    attmemo.document_tier), and the per-layer lookups inside the model
+    sequence that matches a stored text position for position runs a fed
+    model, every layer served at that match reading the stored attention; one
+    fed model per tier of the choice; see attmemo.document_tier), and the per-layer lookups inside the model
     (MemoLookup, for everything else). With the per-layer lookups switched off
     the model runs as the exact model (no Python op, no If). ``memo_status``
     says what happened: "serving <db>: ...", "off: ...", "disabled: <reason>"
     or "no database".
     Accepts every argument onnxruntime's session does; the caller's
-    SessionOptions are honoured (by the fed model's session too); with the
+    SessionOptions are honoured (by the fed models' sessions too); with the
     document key, intra-op spinning is turned off unless they set it (see
     ``_no_spinning_unless_set``). Only ``run`` asks the document key;
     ``run_with_ort_values`` and IO binding go straight to the model.
@@ -112,7 +112,7 @@ class InferenceSession(ort.InferenceSession):
         strict = not found if strict is None else strict
         self._memo: MemoDatabase | None = None
         self._documents: DocumentTier | None = None
-        self._fed: ort.InferenceSession | None = None
+        self._fed: dict[tuple[int, ...], ort.InferenceSession] = {}   # per set of layers a hit reuses
         database, self.memo_status = _open(db, strict=strict) if db is not None else (None, "no database")
         layers_off = database is not None and not database.thresholds
         model = rewritten_model_bytes(path_or_bytes, exact_model) if layers_off else None
@@ -140,8 +140,7 @@ class InferenceSession(ort.InferenceSession):
         """Set up what the database's ``serving`` asks for; return the session's status."""
         served = []
         if database.document_serving is not None and self._serve_documents(path_or_bytes, database, options, kwargs):
-            choice = database.document_serving
-            served.append(f"document key at {choice.threshold:g} on layers {','.join(map(str, choice.layers))}")
+            served.append(f"document key at {database.document_serving.describe()}")
         if not layers_off:
             registry.attach(database.model_id, database)
             served.append("per-layer lookups")
@@ -151,25 +150,28 @@ class InferenceSession(ort.InferenceSession):
         return f"serving {db}: {' and '.join(served)}"
 
     def _serve_documents(self, path_or_bytes, database: MemoDatabase, options: ort.SessionOptions, kwargs) -> bool:
-        """Create the fed model's session for the document key (attmemo.document_tier); log if it cannot be."""
+        """Create the fed models' sessions for the document key (attmemo.document_tier); log if they cannot be."""
         choice = database.document_serving
-        fed = rewritten_model_bytes(path_or_bytes, lambda model: fed_model(model, choice.layers, database.codec))
-        if fed is None:
-            return False
-        try:
-            self._fed = ort.InferenceSession(fed, sess_options=options, **kwargs)
-        except Exception as error:  # noqa: BLE001 - an optimisation: the model itself still serves
-            log.warning("could not load the fed model (%s); serving without the document key", error)
-            return False
+        for layers in choice.tiers():
+            fed = rewritten_model_bytes(path_or_bytes, lambda model, layers=layers: fed_model(model, layers, database.codec))
+            if fed is None:
+                return False
+            try:
+                self._fed[layers] = ort.InferenceSession(fed, sess_options=options, **kwargs)
+            except Exception as error:  # noqa: BLE001 - an optimisation: the model itself still serves
+                log.warning("could not load the fed model (%s); serving without the document key", error)
+                self._fed.clear()
+                return False
         self._documents = DocumentTier(database, choice)
         return True
 
     def run(self, output_names, input_feed, run_options=None):
         """``onnxruntime.InferenceSession.run``; a document-key hit runs the fed model instead (same outputs)."""
         if self._documents is not None:
-            fed = self._documents.feeds(input_feed)
-            if fed is not None:
-                return self._fed.run(output_names, fed, run_options)
+            found = self._documents.feeds(input_feed)
+            if found is not None:
+                layers, fed = found
+                return self._fed[layers].run(output_names, fed, run_options)
         return super().run(output_names, input_feed, run_options)
 
     def memo_stats(self) -> dict[int, dict]:
@@ -189,8 +191,8 @@ _SPINNING = "session.intra_op.allow_spinning"
 def _no_spinning_unless_set(options: ort.SessionOptions) -> None:
     """Turn intra-op spinning off in ``options`` unless the caller chose a setting.
 
-    With the document key a session runs two onnxruntime sessions (the model and the fed
-    model). Each has its own thread pool, and threads spinning idle in one steal the cores
+    With the document key a session runs two or more onnxruntime sessions (the model and
+    the fed models). Each has its own thread pool, and threads spinning idle in one steal the cores
     of the other: MiniLM at 256 tokens on 2 cores took 83-86 ms per run alternating between
     two spinning sessions, 44-46 ms with spinning off (41.5 ms for one session alone).
     """

@@ -3,7 +3,8 @@
 Written by ``attmemo calibrate``::
 
     "serving": {"thresholds": {"2": 0.9, "3": 0.9},
-                "documents": {"threshold": 0.95, "layers": [0, 1, 2]},
+                "documents": {"threshold": 0.7, "layers": [0, 2, 3],
+                              "closer": {"threshold": 0.85, "layers": [1]}},
                 "measured": {...what calibration saw...}}
 
 thresholds: the per-layer learned-key lookups inside the model (MemoLookup). A
@@ -11,7 +12,10 @@ layer not listed never looks up (its MemoAttention takes the exact path at the
 cost of one If). An empty ``thresholds`` switches them off.
 documents: the document key (documents.py), asked once per run by
 attmemo.InferenceSession before the model runs; on a hit the listed layers
-reuse the stored text's attention. Absent: not used.
+reuse the stored text's attention. Absent: not used. "closer" (optional, nests):
+a stricter tier whose layers also reuse when the match is at least its
+threshold, for layers that tolerate another text's attention only when it is
+a close match.
 Without the section every layer serves at the build's ``threshold``, and the
 document key serves verbatim repeats only (threshold 1).
 """
@@ -29,8 +33,42 @@ from .manifest import FILENAME, MemoDatabaseError, is_threshold
 
 @dataclasses.dataclass(frozen=True)
 class Documents:
-    threshold: float          # hit if this share of positions hold the same token id
-    layers: tuple[int, ...]   # layers that reuse on a hit
+    threshold: float                   # hit if this share of positions hold the same token id
+    layers: tuple[int, ...]            # layers that reuse on a hit
+    closer: Documents | None = None    # from its (higher) threshold on, its layers reuse too
+
+    def served(self, share: float) -> tuple[int, ...]:
+        """The layers that reuse a stored text matching at ``share`` of positions, sorted; () below the threshold."""
+        if share < self.threshold:
+            return ()
+        return tuple(sorted((*self.layers, *(self.closer.served(share) if self.closer else ()))))
+
+    @property
+    def every_layer(self) -> tuple[int, ...]:
+        """The layers that reuse on the closest match."""
+        return self.served(1.0)
+
+    def tiers(self) -> list[tuple[int, ...]]:
+        """The sets of layers a hit may reuse, one per threshold (each needs its own fed model)."""
+        closer = self.closer.tiers() if self.closer is not None else []
+        return [tuple(sorted(self.layers)), *(tuple(sorted((*self.layers, *tier))) for tier in closer)]
+
+    def describe(self) -> str:
+        """E.g. "0.7 on layers 0,2,3; at 0.85 on layers 1 too"."""
+        tiers, tier = [], self
+        while tier is not None:
+            tiers.append(f"{tier.threshold:g} on layers {','.join(map(str, tier.layers))}")
+            tier = tier.closer
+        return tiers[0] + "".join(f"; at {text} too" for text in tiers[1:])
+
+    def as_json(self) -> dict:
+        data = {"threshold": float(self.threshold), "layers": list(self.layers)}
+        return data if self.closer is None else {**data, "closer": self.closer.as_json()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Documents:
+        closer = data.get("closer")
+        return cls(float(data["threshold"]), tuple(data["layers"]), None if closer is None else cls.from_json(closer))
 
 
 def documents_of(manifest) -> Documents | None:
@@ -38,7 +76,7 @@ def documents_of(manifest) -> Documents | None:
     if manifest.serving is None:
         return Documents(1.0, tuple(sorted(manifest.layers)))
     documents = manifest.serving.get("documents")
-    return None if documents is None else Documents(float(documents["threshold"]), tuple(documents["layers"]))
+    return None if documents is None else Documents.from_json(documents)
 
 
 def thresholds_of(manifest) -> dict[int, float]:
@@ -71,16 +109,23 @@ def _thresholds_problem(thresholds: dict, layers: dict[int, int]) -> str | None:
     return None
 
 
-def _documents_problem(documents: object, layers: dict[int, int]) -> str | None:
+def _documents_problem(documents: object, layers: dict[int, int], *, where: str = "\"documents\"",
+                       above: float = 0.0, taken: frozenset[int] = frozenset()) -> str | None:
     if documents is None:
         return None
     listed = documents.get("layers") if isinstance(documents, dict) else None
     if not (isinstance(listed, list) and listed and
             all(isinstance(k, int) and not isinstance(k, bool) and k in layers for k in listed)):
-        return "\"serving\" \"documents\" must be an object listing layers the database stores"
-    if not is_threshold(documents.get("threshold")):
-        return f"\"serving\" \"documents\" threshold {documents.get('threshold')!r} is not in (0, 1]"
-    return None
+        return f"\"serving\" {where} must be an object listing layers the database stores"
+    if taken & set(listed) or len(set(listed)) < len(listed):
+        return f"\"serving\" {where} lists a layer twice"
+    threshold = documents.get("threshold")
+    if not is_threshold(threshold):
+        return f"\"serving\" {where} threshold {threshold!r} is not in (0, 1]"
+    if threshold <= above:
+        return f"\"serving\" {where} threshold {threshold!r} is not above the threshold it is closer than"
+    return _documents_problem(documents.get("closer"), layers, where=f"{where} \"closer\"", above=threshold,
+                              taken=taken | set(listed))
 
 
 def write(folder: str | Path, *, thresholds: dict[int, float], measured: dict,
@@ -91,7 +136,7 @@ def write(folder: str | Path, *, thresholds: dict[int, float], measured: dict,
     data["serving"] = {"thresholds": {str(layer): float(tau) for layer, tau in sorted(thresholds.items())},
                        "measured": measured}
     if documents is not None:
-        data["serving"]["documents"] = {"threshold": float(documents.threshold), "layers": list(documents.layers)}
+        data["serving"]["documents"] = documents.as_json()
     handle, temporary = tempfile.mkstemp(prefix=".manifest-", dir=path.parent)
     with os.fdopen(handle, "w") as f:
         f.write(json.dumps(data, indent=1, sort_keys=True) + "\n")

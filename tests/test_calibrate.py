@@ -191,7 +191,7 @@ def test_the_layer_search_grows_the_set_while_the_budget_holds():
                       {"mean": cosine, "p1": cosine, "min": cosine}, None, documents=Documents(0.8, layers))]
 
     budget = Budget(cosine_mean=0.99, cosine_p1=0.99)
-    trials = _document_trials(measure, (0, 1, 2, 3), budget.holds)
+    trials = _document_trials(measure, (0, 1, 2, 3), budget, lambda t: t, lambda base, wider: base)
     tried = [t.documents.layers for t in trials]
     assert tried[0] == (0, 1, 2, 3), "every layer first"
     assert (0, 1, 2) in tried and (0, 1, 2, 3) not in tried[1:], "then 1, then 0, then 2; never 3"
@@ -211,3 +211,44 @@ def test_a_choice_must_also_hold_on_the_texts_it_was_not_chosen_on(db_copy):
     assert Budget(cosine_mean=0.9999, cosine_p1=0.9999).holds(loose.on(np.arange(0, 12, 2))), "members: exact"
     assert loose.on(np.arange(1, 12, 2)).cosine["mean"] < 0.9999, "reversed texts: wrong attention"
     assert result.chosen.thresholds == {}, "so it is not taken, even for free"
+
+
+def test_a_closer_tier_is_measured_as_a_session_serves_it(db_copy):
+    """Layers that break the budget on every match may still reuse on verbatim repeats: the
+    search assembles that closer tier from two fed models' runs, and a session serving it
+    gives the same quality."""
+    model, db = db_copy
+    texts = [x for t in TINY_CORPUS if len(t.split()) == 12 for x in (_edited(t), t)]   # share 13/14, then 1
+    probe = calibrate(model, texts, db=db, max_length=32, rounds=1, thresholds=(), document_thresholds=(0.95, 0.9),
+                      budget=Budget(cosine_mean=1.0, cosine_p1=1.0), write=False)
+    at = {(t.documents.layers, t.documents.threshold): t.on(np.arange(0, len(texts), 2)) for t in probe.trials}
+    both, alone = at[((0, 1), 0.9)].cosine["p1"], max(at[((0,), 0.9)].cosine["p1"], at[((1,), 0.9)].cosine["p1"])
+    assert both < alone, "reusing both layers costs more than one"
+    budget = Budget(cosine_mean=0.0, cosine_p1=(both + alone) / 2)   # one layer at 0.9 holds, both do not
+
+    result = calibrate(model, texts, db=db, max_length=32, rounds=1, thresholds=(), min_gain=-10.0,
+                       document_thresholds=(0.95, 0.9), budget=budget)
+    chosen = result.chosen.documents
+    assert chosen.threshold == 0.9 and len(chosen.layers) == 1
+    assert chosen.closer == serving.Documents(0.95, tuple({0, 1} - set(chosen.layers))), \
+        "the other layer reuses on verbatim repeats"
+    assert result.chosen.hit_rate[chosen.closer.layers[0]] == 0.5, "verbatim repeats are half the texts"
+
+    import onnxruntime as ort
+
+    from attmemo.ceiling import cosine_stats
+    from attmemo.session import exact_model, rewritten_model_bytes
+    served = _embeddings(model, attmemo.InferenceSession(str(model), db=db), texts)
+    exact = _embeddings(model, ort.InferenceSession(rewritten_model_bytes(model, exact_model)), texts)
+    assert cosine_stats(served, exact).min == pytest.approx(result.chosen.cosine["min"], abs=1e-6)
+    assert cosine_stats(served, exact).mean == pytest.approx(result.chosen.cosine["mean"], abs=1e-7)
+
+
+def _embeddings(model, session, texts) -> np.ndarray:
+    from transformers import AutoTokenizer
+
+    from attmemo.embedding import sentence_embedding
+    from attmemo.export.hf_export import tokenizer_dir_for
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir_for(model)))
+    feeds = [{k: v.astype(np.int64) for k, v in tokenizer(t, return_tensors="np").items()} for t in texts]
+    return np.stack([sentence_embedding(session.run(None, f)[0], f["attention_mask"])[0] for f in feeds])

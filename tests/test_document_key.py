@@ -111,9 +111,32 @@ def test_nearest_compares_only_texts_of_the_same_length_position_by_position():
     assert index.nearest(np.array([1, 2])) is None
 
 
+def test_a_closer_tier_adds_its_layers_only_to_closer_matches(documents_only, tokenizer, exact):
+    """Layer 1 at 0.9, layer 0 too from 0.95: one changed token in 14 (0.93) reuses layer 1 alone."""
+    model, db = documents_only
+    serving.write(db, thresholds={}, measured={},
+                  documents=serving.Documents(0.9, (1,), closer=serving.Documents(0.95, (0,))))
+    session = attmemo.InferenceSession(str(model), db=db)
+    assert "document key at 0.9 on layers 1; at 0.95 on layers 0 too" in session.memo_status
+    stored = _ids(tokenizer, TINY_CORPUS[-1])
+    np.testing.assert_allclose(session.run(None, _feed(session, stored))[0],
+                               exact.run(None, _feed(session, stored))[0], atol=2e-4)
+    assert _hits(session) == [1, 1], "a verbatim repeat reuses both layers"
+    edited = stored.copy()
+    edited[0, 3] = stored[0, 4]
+    reused = session.run(None, _feed(session, edited))[0]
+    assert _hits(session) == [1, 2], "a changed token reuses layer 1 only"
+    assert [e["lookups"] for _, e in sorted(session.memo_stats().items())] == [2, 2]
+    assert not np.allclose(reused, exact.run(None, _feed(session, edited))[0], atol=1e-6)
+
+
 @pytest.mark.parametrize("documents", [{"threshold": 0.9}, {"threshold": 0.9, "layers": [7]},
                                        {"threshold": 1.5, "layers": [0]}, {"threshold": True, "layers": [0]},
-                                       {"threshold": 0.9, "layers": []}, "all"])
+                                       {"threshold": 0.9, "layers": []}, "all",
+                                       {"threshold": 0.9, "layers": [0, 0]},
+                                       {"threshold": 0.9, "layers": [0], "closer": {"threshold": 0.8, "layers": [1]}},
+                                       {"threshold": 0.9, "layers": [0], "closer": {"threshold": 0.95, "layers": [0]}},
+                                       {"threshold": 0.9, "layers": [0], "closer": "all"}])
 def test_a_damaged_document_choice_is_refused_in_one_sentence(documents_only, documents):
     _, db = documents_only
     manifest = json.loads((db / "manifest.json").read_text())
