@@ -66,8 +66,8 @@ def _evaluate(workdir: Path, workloads: tuple[str, ...], out: Callable[[str], No
     """Step 4: attmemo eval on workloads where reuse is real (edited) and where it is not (diverse)."""
     from attmemo import evaluation
 
-    settings = evaluation.EvalSettings()
     for number, workload in enumerate(workloads):
+        settings = evaluation.EvalSettings().sized_for(workload)
         out(f"{4 + number}. attmemo eval --workload {workload} --max-length {EVAL_LENGTH}: build a database, "
             f"calibrate, measure ({settings.stored} stored texts, {settings.queries} queries)")
         start = time.perf_counter()
