@@ -171,11 +171,12 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
         document_trials = _document_trials(measure_documents, runner.every_layer, budget, chosen_half,
                                            runner.closer_trial)
         closer = [t for t in document_trials if t.documents.closer is not None]
-        if closer:
-            held = [t for t in closer if budget.holds(chosen_half(t))]
-            say(f"document key, closer tier: best {max(held, key=lambda t: t.memo_rate).describe()} "
-                f"({_quality_text(max(held, key=lambda t: t.memo_rate))})" if held else
-                f"document key, closer tier: none of {len(closer)} within budget")
+        held = [t for t in closer if budget.holds(chosen_half(t))]
+        if held:
+            best = max(held, key=lambda t: t.memo_rate)
+            say(f"document key with a closer tier: best {best.describe()} ({_quality_text(best)})")
+        elif closer:
+            say(f"document key with a closer tier: none of {len(closer)} within budget")
 
     off = Trial({}, {}, {"mean": 1.0, "p1": 1.0, "min": 1.0}, 0.0 if labels is not None else None, 1.0)
     candidates = []
@@ -210,7 +211,7 @@ def _document_trials(measure: Callable[[tuple[int, ...]], list[Trial]], every_la
     cosine), and stops when no layer adds any. Reused attention changes a layer's output
     and so every later layer's input; the damage is not additive, so each set is measured
     with its own fed model: on templated messages at 0.7, layers 0-4 each alone keep p1
-    above 0.98, together 0.88.
+    above 0.98, together 0.966.
 
     The layers left out may still reuse where matches are closer: ``closer(chosen, wider)``
     assembles the chosen set with a wider set's extra layers from the wider set's higher
