@@ -228,9 +228,9 @@ def _document_trials(measure: Callable[[tuple[int, ...]], list[Trial]], every_la
     while len(chosen) < len(every_layer) - 1:
         step = [tuple(sorted((*chosen, layer))) for layer in every_layer if layer not in chosen]
         measured.update((layers, measure(layers)) for layers in step)
-        trials += [t for layers in step for t in measured[layers]]
-        better = [t for layers in step for t in measured[layers]
-                  if holds(t) and t.memo_rate > (winner.memo_rate if winner else 0.0)]
+        step_trials = [t for layers in step for t in measured[layers]]
+        trials += step_trials
+        better = [t for t in step_trials if holds(t) and t.memo_rate > (winner.memo_rate if winner else 0.0)]
         if not better:
             break
         winner = max(better, key=lambda t: (t.memo_rate, view(t).cosine["mean"]))

@@ -153,7 +153,8 @@ class InferenceSession(ort.InferenceSession):
         """Create the fed models' sessions for the document key (attmemo.document_tier); log if they cannot be."""
         choice = database.document_serving
         for layers in choice.tiers():
-            fed = rewritten_model_bytes(path_or_bytes, lambda model, layers=layers: fed_model(model, layers, database.codec))
+            fed = rewritten_model_bytes(path_or_bytes,
+                                        lambda model, layers=layers: fed_model(model, layers, database.codec))
             if fed is None:
                 return False
             try:
