@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .ceiling import row_cosines, stats_of
-from .store.serving import Documents
+from .store.serving import Documents, Plan
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class Trial:
     cosine: dict[str, float]               # mean, p1, min
     accuracy_loss: float | None            # exact accuracy - memo accuracy (fraction), None without labels
     latency_ratio: float | None = None     # total time with this / off, interleaved; None if not timed
+    latency_spread: float = 0.0            # half the range of that ratio over the timing rounds
     documents: Documents | None = None     # the document key's threshold and layers, None if not used
     per_text: PerText | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -188,9 +189,9 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
                     f"({_quality_text(trial.on(confirm_on))}); not taken")
         candidates += [t for t in ranked if budget.holds(t.on(confirm_on))][:2]
     if candidates:
-        for trial, ratio in zip(candidates, runner.latency_ratios(candidates, rounds)):
-            trial.latency_ratio = ratio
-            say(f"latency {trial.describe()}: {ratio:.3f} of off")
+        for trial, (ratio, spread) in zip(candidates, runner.latency_ratios(candidates, rounds)):
+            trial.latency_ratio, trial.latency_spread = ratio, spread
+            say(f"latency {trial.describe()}: {ratio:.3f} of off (+-{spread:.3f} over {rounds} rounds)")
     chosen = _fastest(candidates, min_gain) or off
     if write:
         _write_choice(folder, chosen, budget, texts=len(texts))
@@ -255,10 +256,13 @@ def _halves(count: int) -> tuple[np.ndarray, np.ndarray]:
 def _fastest(timed: list[Trial], min_gain: float) -> Trial | None:
     """The timed trial to serve, or None if none beats off by ``min_gain``.
 
-    Latency ratios closer than ``min_gain`` are within the timing noise; among those the
-    one reusing the most wins: every extra hit skips work, so it is faster in expectation.
+    A trial pays only if it beats off by ``min_gain`` even at the slow end of its timing
+    rounds (ratio + spread): a saving smaller than the timings' own spread is noise, and a
+    choice made on noise flips from one run to the next. Latency ratios closer than
+    ``min_gain`` are within the timing noise; among those the one reusing the most wins:
+    every extra hit skips work, so it is faster in expectation.
     """
-    paying = [t for t in timed if t.latency_ratio <= 1 - min_gain]
+    paying = [t for t in timed if t.latency_ratio + t.latency_spread <= 1 - min_gain]
     if not paying:
         return None
     fastest = min(t.latency_ratio for t in paying)
@@ -289,6 +293,7 @@ def _write_choice(folder: Path, chosen: Trial, budget: Budget, *, texts: int) ->
     serving.write(folder, thresholds=chosen.thresholds, documents=chosen.documents, measured={
         "texts": texts, "memo_rate": chosen.memo_rate, "hit_rate": {str(k): v for k, v in chosen.hit_rate.items()},
         "cosine": chosen.cosine, "accuracy_loss": chosen.accuracy_loss, "latency_ratio": chosen.latency_ratio,
+        "latency_spread": chosen.latency_spread,
         "budget": dataclasses.asdict(budget)})
 
 
@@ -306,15 +311,13 @@ class _Runner:
         import onnxruntime as ort
 
         from attmemo.bench import quiet_session_options
-        from attmemo.custom_ops.registry import MODEL_ID_KEY
-        from attmemo.session import exact_model, private_model, rewritten_model_bytes, session_options
+        from attmemo.session import exact_model, mismatch, private_model, rewritten_model_bytes, session_options
         from attmemo.store import MemoDatabaseError
         from attmemo.store.recorder import load_tokenizer
 
         metadata = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
-        if metadata.get(MODEL_ID_KEY) != database.model_id:
-            raise MemoDatabaseError(f"{database.folder}: built for model {database.model_id}, but {model} is "
-                                    f"{metadata.get(MODEL_ID_KEY)}; calibrate the database built for this model.")
+        if (problem := mismatch(database, metadata)) is not None:   # the check every session makes
+            raise MemoDatabaseError(problem)
         self.model, self.database = model, database
         # The candidate plans are attached under a private id (see ``use``): what a live
         # session of this model in the process is served never changes while calibrating.
@@ -356,7 +359,7 @@ class _Runner:
 
     def executor(self, documents: Documents):
         """The executor of a candidate document plan, on a view with counters of its own."""
-        return self.database.view(thresholds={}, documents=documents).executor
+        return self.database.view(Plan({}, documents)).executor
 
     def use(self, thresholds: dict[int, float] | None) -> None:
         """None: nothing attached (exact); else a view serving the given layers at the given thresholds."""
@@ -365,7 +368,7 @@ class _Runner:
             registry.detach(self.private_id)
             self.attached = None
         else:
-            self.attached = self.database.view(thresholds=thresholds, documents=None)
+            self.attached = self.database.view(Plan(thresholds, None))
             registry.attach(self.private_id, self.attached)
 
     def run(self, feed: dict, thresholds: dict[int, float], documents: Documents | None,
@@ -444,8 +447,9 @@ class _Runner:
         hit_rate = {layer: wider.hit_rate[layer] if layer in extra else base.hit_rate[layer] for layer in base.hit_rate}
         return Trial({}, hit_rate, cosine, loss, documents=documents, per_text=per_text)
 
-    def latency_ratios(self, choices: list[Trial], rounds: int) -> list[float]:
-        """Per choice, its total time over the texts / the total time off, interleaved.
+    def latency_ratios(self, choices: list[Trial], rounds: int) -> list[tuple[float, float]]:
+        """Per choice, (its total time over the texts / the total time off, half the range of
+        that ratio from one round to the next), interleaved.
 
         Each text's time is its median over ``rounds``. Totals, not the median text: when
         some texts hit and others miss, the median text says nothing of the time saved.
@@ -457,6 +461,7 @@ class _Runner:
             for layers in documents.tiers():
                 self.fed_session(layers)   # made before timing starts
         totals = np.zeros(len(configs))
+        per_round = np.zeros((max(rounds, 1), len(configs)))   # each round's total, per config
         for feed in self.feeds:
             times = [[] for _ in configs]
             for r in range(-1, rounds):   # round -1 warms up
@@ -469,9 +474,12 @@ class _Runner:
                     seconds = time.perf_counter() - begin
                     if r >= 0:
                         times[i].append(seconds)
+                        per_round[r, i] += seconds
             self.use(None)
             totals += [np.median(t) for t in times]
-        return [float(total / totals[0]) for total in totals[1:]]
+        ratios = per_round[:, 1:] / per_round[:, :1]
+        spreads = (ratios.max(axis=0) - ratios.min(axis=0)) / 2
+        return [(float(total / totals[0]), float(spread)) for total, spread in zip(totals[1:], spreads)]
 
 
 def _share(documents, ids: np.ndarray) -> float:

@@ -85,20 +85,20 @@ class InferenceSession(ort.InferenceSession):
     session computing exactly; None means True for a ``db`` you give and False
     for one found beside the model.
 
-    Two ways to reuse, as the database's ``serving`` section says (attmemo calibrate):
-    the document key, asked by ``run`` before the model runs (one unpadded
-    sequence that matches a stored text position for position runs a fed
-    model, every layer served at that match reading the stored attention; one
-    fed model per tier of the choice; see attmemo.document_tier), and the per-layer lookups inside the model
-    (MemoLookup, for everything else). With the per-layer lookups switched off
-    the model runs as the exact model (no Python op, no If). ``memo_status``
-    says what happened: "serving <db>: ...", "off: ...", "disabled: <reason>"
-    or "no database".
+    What it serves is the database's plan (the manifest's ``serving`` section, written by
+    attmemo calibrate), run by the database's one executor (store/document_executor.py):
+    the document key inside the model for any batch, as in a plain onnxruntime session,
+    plus a faster door in ``run`` for one unpadded sequence (a hit runs a fed model that
+    reads the stored attention in place; one fed model per tier of the plan; see
+    attmemo.document_tier), and the per-layer learned-key lookups where the plan has them.
+    With no database, or a plan that serves nothing, the model runs as the exact model (no
+    Python op, no If). ``memo_status`` says what happened: "serving <db>: ...", "off: ...",
+    "disabled: <reason>" or "no database".
     Accepts every argument onnxruntime's session does; the caller's
     SessionOptions are honoured (by the fed models' sessions too); with the
     document key, intra-op spinning is turned off unless they set it (see
-    ``_no_spinning_unless_set``). Only ``run`` asks the document key;
-    ``run_with_ort_values`` and IO binding go straight to the model.
+    ``_no_spinning_unless_set``). Only ``run`` takes the fast door;
+    ``run_with_ort_values`` and IO binding run the model, whose ops serve the same plan.
     """
 
     def __init__(self, path_or_bytes, db: str | os.PathLike | None = None, *, strict: bool | None = None,
@@ -114,8 +114,9 @@ class InferenceSession(ort.InferenceSession):
         self._documents = None   # the database's document executor, for run's batch-1 fast path
         self._fed: dict[tuple[int, ...], ort.InferenceSession] = {}   # per set of layers a hit reuses
         database, self.memo_status = _open(db, strict=strict) if db is not None else (None, "no database")
-        # Nothing served in the graph (no per-layer lookups, no document key): run the exact model.
-        layers_off = database is not None and not database.thresholds and database.executor is None
+        # Nothing served in the graph (no database, or one with no per-layer lookups and no
+        # document key): run the exact model, which costs what the unmodified export costs.
+        layers_off = database is None or (not database.thresholds and database.executor is None)
         model = rewritten_model_bytes(path_or_bytes, exact_model) if layers_off else None
         options = session_options(None, sess_options)
         if database is not None and database.document_serving is not None:
@@ -127,7 +128,7 @@ class InferenceSession(ort.InferenceSession):
         # by onnx.load before it: onnx.load parses every initializer in the file (0.10 s and
         # 90 MB more for MiniLM, whose session takes 0.24 s), get_modelmeta costs microseconds.
         # Nothing has run yet: the ops look the database up at run time, and it is attached below.
-        problem = _mismatch(database, self.get_modelmeta().custom_metadata_map)
+        problem = mismatch(database, self.get_modelmeta().custom_metadata_map)
         if problem is not None:
             self.memo_status = _refuse(db, MemoDatabaseError(problem), strict=strict)
             return
@@ -284,7 +285,7 @@ def _refuse(db, error: MemoDatabaseError, *, strict: bool) -> str:
     return f"disabled: {error}"
 
 
-def _mismatch(database: MemoDatabase, metadata: dict[str, str]) -> str | None:
+def mismatch(database: MemoDatabase, metadata: dict[str, str]) -> str | None:
     """Why ``database`` cannot serve the model with this metadata, or None (one sentence)."""
     where = Path(database.folder) / MANIFEST
     model_id = metadata.get(MODEL_ID_KEY)

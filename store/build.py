@@ -46,9 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import augment, documents, keys, manifest as manifest_file, values
+from . import augment, keys, manifest as manifest_file, values
 from .corpus import iter_texts
-from .database import default_db_dir, layer_dir, lengths_file
+from .database import default_db_dir
+from .layout import lengths_file, tokens_file, values_file
 from .manifest import KeySpec, Manifest, MemoDatabaseError
 from .recorder import Recorder, load_tokenizer
 from .train import Corpus, KeyTraining, TrainingPlan, train_and_index
@@ -215,7 +216,7 @@ def _record(recorder: Recorder, token_ids, db: Path, scratch: Path, *, texts: Co
                 if len(ids) < b:
                     block = np.zeros((probs_Hnn.shape[0], b, b), codec.storage)
                     block[:, :len(ids), :len(ids)] = encoded
-                _open(files, (layer, b), db / layer_dir(layer) / f"b{b}.values").write(memoryview(block))
+                _open(files, (layer, b), db / values_file(layer, b)).write(memoryview(block))
                 _open(files, layer, scratch / f"features.L{layer}").write(keys.pool(hidden_nD, key_spec).tobytes())
             done += 1
             if i in augmented:
@@ -233,7 +234,7 @@ def _record(recorder: Recorder, token_ids, db: Path, scratch: Path, *, texts: Co
         for f in files.values():
             f.close()
     for b, table in tokens.items():
-        np.save(_mkparent(db / documents.tokens_file(b)), table, allow_pickle=False)
+        np.save(_mkparent(db / tokens_file(b)), table, allow_pickle=False)
     return heads, hidden_size, np.array(aug_targets, np.float32).reshape(len(aug_targets), len(heads))
 
 

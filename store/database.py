@@ -21,6 +21,7 @@ from . import documents as documents_file, keys, manifest as manifest_file, serv
 from .document_executor import DocumentExecutor
 from .documents import DocumentIndex
 from .index import KeyIndex
+from .layout import index_file, layer_dir, lengths_file, tokens_file, values_file
 from .manifest import Manifest, MemoDatabaseError
 from .policy import HitPolicy
 from .stats import MemoStats
@@ -38,14 +39,6 @@ def default_db_dir(model_path: str | Path) -> Path:
     model_path = Path(model_path)
     stem = model_path.with_suffix("") if model_path.suffix == ".onnx" else model_path
     return stem.parent / (stem.name + ".memo")
-
-
-def layer_dir(layer: int) -> str:
-    return f"L{layer}"
-
-
-def lengths_file(bucket: int) -> str:
-    return f"lengths/b{bucket}.npy"
 
 
 @dataclasses.dataclass
@@ -70,16 +63,16 @@ class MemoDatabase:
     """A loaded database folder. Thread-safe for lookups (everything is read-only but the stats)."""
 
     def __init__(self, folder: Path, manifest: Manifest, layers: dict[int, _Layer],
-                 documents: DocumentIndex | None = None, *, thresholds: dict[int, float] | None = None,
-                 document_plan: serving.Documents | None | bool = True):
-        """thresholds, document_plan: what this object serves; by default the manifest's choice."""
+                 documents: DocumentIndex | None = None, *, plan: serving.Plan | None = None):
+        """plan: what this object serves; by default the manifest's (serving.Plan.of)."""
         self.folder, self.manifest, self._layers = folder, manifest, layers
-        self._policies = _policies(serving.thresholds_of(manifest) if thresholds is None else thresholds)
+        self.plan = plan if plan is not None else serving.Plan.of(manifest)
+        self._policies = _policies(self.plan.thresholds)
         # The document key (documents.py); None for a database built without token tables.
         self.documents = documents
-        plan = serving.documents_of(manifest) if document_plan is True else document_plan
         # What every entry point runs for the document key (document_executor.py); None: not served.
-        self.executor = DocumentExecutor(self, plan) if documents is not None and plan else None
+        self.executor = (DocumentExecutor(self, self.plan.documents)
+                         if documents is not None and self.plan.documents is not None else None)
         self.stats = MemoStats()
         self._logged: set[tuple[int, str]] = set()   # (layer, kind of problem) already logged
         self._bucket_lengths = sorted(manifest.buckets)
@@ -150,28 +143,20 @@ class MemoDatabase:
         """layer -> hit threshold of every layer served (a layer not listed never looks up)."""
         return {layer: policy.threshold for layer, policy in self._policies.items()}
 
-    def use_thresholds(self, thresholds: dict[int, float]) -> None:
-        """Serve ``thresholds`` from now on, in memory only (calibration tries choices this way)."""
-        unknown = set(thresholds) - set(self._layers)
-        if unknown:
-            raise ValueError(f"the database has no layer {min(unknown)}.")
-        self._policies = _policies(thresholds)   # one assignment: concurrent lookups see old or new
-
     @property
     def document_serving(self) -> serving.Documents | None:
         """What the document key serves (this object's plan), None without token tables or a plan."""
         return self.executor.plan if self.executor is not None else None
 
-    def view(self, *, thresholds: dict[int, float], documents: serving.Documents | None) -> MemoDatabase:
+    def view(self, plan: serving.Plan) -> MemoDatabase:
         """The same loaded files serving another plan, with counters of its own.
 
         Calibration tries its candidate plans on views: the object live sessions use
         keeps its plan and its counts.
         """
-        if unknown := set(thresholds) - set(self._layers):
+        if unknown := set(plan.thresholds) - set(self._layers):
             raise ValueError(f"the database has no layer {min(unknown)}.")
-        return MemoDatabase(self.folder, self.manifest, self._layers, self.documents, thresholds=thresholds,
-                            document_plan=documents)
+        return MemoDatabase(self.folder, self.manifest, self._layers, self.documents, plan=plan)
 
     @property
     def codec(self) -> values.Codec:
@@ -300,10 +285,10 @@ def files_opened(manifest: Manifest) -> list[str]:
     """Relative paths of every file ``MemoDatabase.open`` reads (each must be listed in the manifest)."""
     stored = [b for b, count in sorted(manifest.buckets.items()) if count > 0]
     names = [lengths_file(b) for b in stored]
-    names += [documents_file.tokens_file(b) for b in stored if documents_file.tokens_file(b) in manifest.files]
+    names += [tokens_file(b) for b in stored if tokens_file(b) in manifest.files]
     for layer in sorted(manifest.layers):
         names += [f"{layer_dir(layer)}/{keys.weight_file(w)}" for w in keys.WEIGHTS]
-        names += [f"{layer_dir(layer)}/b{b}.{kind}" for b in stored for kind in ("ann", "values")]
+        names += [name for b in stored for name in (index_file(layer, b), values_file(layer, b))]
     return names
 
 
@@ -315,8 +300,8 @@ def _load_layers(folder: Path, manifest: Manifest, lengths: dict[int, np.ndarray
             raise MemoDatabaseError(f"{folder / layer_dir(layer)}: key-embedding weights are {key.w1.shape[1]} wide "
                                     f"giving {key.dim}-d keys, the manifest says {manifest.key.width} and "
                                     f"{manifest.key.dim}; rebuild the database.")
-        buckets = {b: _Bucket(KeyIndex(folder / layer_dir(layer) / f"b{b}.ann", dim=key.dim, count=count),
-                              ValueFile(folder / layer_dir(layer) / f"b{b}.values", count=count, heads=heads,
+        buckets = {b: _Bucket(KeyIndex(folder / index_file(layer, b), dim=key.dim, count=count),
+                              ValueFile(folder / values_file(layer, b), count=count, heads=heads,
                                         bucket=b, dtype=manifest.dtype, mode="r"),
                               lengths[b])
                    for b, count in manifest.buckets.items() if count > 0}
@@ -326,9 +311,9 @@ def _load_layers(folder: Path, manifest: Manifest, lengths: dict[int, np.ndarray
 
 def _load_documents(folder: Path, manifest: Manifest, lengths: dict[int, np.ndarray]) -> DocumentIndex | None:
     """The document key over the stored token ids; None if the build wrote none (an older database)."""
-    if not all(documents_file.tokens_file(b) in manifest.files for b in lengths):
+    if not all(tokens_file(b) in manifest.files for b in lengths):
         return None
-    tokens = {b: documents_file.load_tokens(folder / documents_file.tokens_file(b), len(lengths[b]), bucket=b)
+    tokens = {b: documents_file.load_tokens(folder / tokens_file(b), len(lengths[b]), bucket=b)
               for b in lengths}
     return DocumentIndex(tokens, lengths)
 

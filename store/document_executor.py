@@ -47,17 +47,20 @@ class DocumentExecutor:
         and token types (None or empty: one segment). A sequence with a second segment, or
         padded other than at the end, is a miss: its stored text was recorded as one segment.
 
-        Counts a lookup per sequence in every layer the plan can serve, a hit where it
-        serves that sequence (its lookup time split among them).
+        Counts a lookup in every layer the plan can serve for each sequence compared with a
+        stored text (one the key cannot describe, or whose length no stored text has, costs
+        no lookup), a hit where it serves that sequence (its lookup time split among them).
         """
         start = time.perf_counter()
         batch = ids_BS.shape[0] if np.ndim(ids_BS) == 2 else 0
         out = np.zeros((batch, MATCH_COLUMNS + layers), np.int64)
         out[:, 0] = -1
+        looked_up = 0
         try:
             for b, (ids, n) in enumerate(_sequences(ids_BS, mask_BS, types_BS)):
                 out[b, 2] = n
                 found = self.database.documents.nearest(ids) if ids is not None else None
+                looked_up += found is not None
                 served = self.plan.served(found.similarity) if found is not None else ()
                 served = [layer for layer in served if layer < layers]
                 if served:
@@ -67,7 +70,8 @@ class DocumentExecutor:
             self.database.fall_back(self.plan.every_layer[0], type(error).__name__,
                                     f"document lookup failed ({error})", sequences=batch, error=error)
             out[:, 0], out[:, MATCH_COLUMNS:] = -1, 0
-        self._count(out, time.perf_counter() - start)
+        if looked_up:
+            self._count(looked_up, out, time.perf_counter() - start)
         return out
 
     def single(self, ids_n: np.ndarray) -> tuple[tuple[int, ...], object] | None:
@@ -81,20 +85,21 @@ class DocumentExecutor:
         for layer in layers:
             self.database.stats.record(layer, lookups=1, hits=int(layer in served), seconds=seconds / len(layers))
 
-    def _count(self, match: np.ndarray, seconds: float) -> None:
+    def _count(self, looked_up: int, match: np.ndarray, seconds: float) -> None:
         layers = self.plan.every_layer
         for layer in layers:
             if MATCH_COLUMNS + layer < match.shape[1]:
-                self.database.stats.record(layer, lookups=len(match), hits=int(match[:, MATCH_COLUMNS + layer].sum()),
+                self.database.stats.record(layer, lookups=looked_up, hits=int(match[:, MATCH_COLUMNS + layer].sum()),
                                            seconds=seconds / len(layers))
 
     # ---- delivery --------------------------------------------------------------------
     def deliver(self, layer: int, match: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(hit_B bool[B], float32[B, H, S, S]) of ``layer`` for the sequences ``match`` serves there.
 
-        A served sequence's real rows get its stored [n, n] block and zero on padding columns;
-        every other row is zero (a miss's rows are replaced by the exact ones in the graph,
-        and no real token reads a padding row).
+        A served sequence's real rows get its stored [n, n] block and zero on padding columns,
+        its padding rows zero (no real token reads them). The blocks of sequences not served
+        are left as they are: the graph takes their rows from the exact path (``Where``), so
+        they are never read, and writing 3 MB of zeros per sequence and layer is not free.
         """
         hit_B = match[:, MATCH_COLUMNS + layer] == 1
         heads = self.database.heads(layer)
@@ -102,10 +107,14 @@ class DocumentExecutor:
             bucket, row, n = (int(v) for v in match[0, :3])
             return hit_B, self.database.probs_float(layer, bucket, row, n, self._buffer(layer, (1, heads, n, n)))
         out = self._buffer(layer, (len(match), heads, size, size))
-        out[...] = 0
         for b in np.flatnonzero(hit_B):
             bucket, row, n = (int(v) for v in match[b, :3])
-            self.database.probs_float(layer, bucket, row, n, out[b:b + 1, :, :n, :n])
+            target = out[b:b + 1, :, :n, :n]
+            block = self.database.probs_float(layer, bucket, row, n, target)
+            if block is not target:      # handed back in place from the memory map: copy it into the batch
+                target[...] = block
+            out[b, :, :n, n:] = 0
+            out[b, :, n:, :] = 0
         return hit_B, out
 
     def feeds(self, ids_n: np.ndarray, served: tuple[int, ...], found, name) -> dict[str, np.ndarray]:

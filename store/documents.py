@@ -25,10 +25,6 @@ import numpy as np
 from .manifest import MemoDatabaseError
 
 
-def tokens_file(bucket: int) -> str:
-    return f"tokens/b{bucket}.npy"
-
-
 @dataclasses.dataclass(frozen=True)
 class Match:
     bucket: int

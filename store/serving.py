@@ -10,14 +10,16 @@ Written by ``attmemo calibrate``::
 thresholds: the per-layer learned-key lookups inside the model (MemoLookup). A
 layer not listed never looks up (its MemoAttention takes the exact path at the
 cost of one If). An empty ``thresholds`` switches them off.
-documents: the document key (documents.py), asked once per run by
-attmemo.InferenceSession before the model runs; on a hit the listed layers
-reuse the stored text's attention. Absent: not used. "closer" (optional, nests):
+documents: the document key (documents.py, document_executor.py), asked once per
+run by the model's MemoGate in any onnxruntime session (and first by
+attmemo.InferenceSession.run's batch-1 fast path); the listed layers reuse the
+matched stored text's attention. Absent: not used. "closer" (optional, nests):
 a stricter tier whose layers also reuse when the match is at least its
 threshold, for layers that tolerate another text's attention only when it is
 a close match.
 Without the section every layer serves at the build's ``threshold``, and the
-document key serves verbatim repeats only (threshold 1).
+document key serves verbatim repeats only (threshold 1). ``Plan.of`` parses the
+section once (manifest.py validated it); MemoDatabase serves a Plan.
 """
 
 from __future__ import annotations
@@ -71,19 +73,21 @@ class Documents:
         return cls(float(data["threshold"]), tuple(data["layers"]), None if closer is None else cls.from_json(closer))
 
 
-def documents_of(manifest) -> Documents | None:
-    """What the document key serves (see the module docstring)."""
-    if manifest.serving is None:
-        return Documents(1.0, tuple(sorted(manifest.layers)))
-    documents = manifest.serving.get("documents")
-    return None if documents is None else Documents.from_json(documents)
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a database serves, parsed once from the manifest (see the module docstring)."""
+    thresholds: dict[int, float]       # layer -> threshold of the per-layer learned-key lookups
+    documents: Documents | None        # the document key; None: not used
 
-
-def thresholds_of(manifest) -> dict[int, float]:
-    """layer -> threshold the database serves (see the module docstring)."""
-    if manifest.serving is None:
-        return {layer: manifest.threshold for layer in manifest.layers}
-    return {int(layer): float(tau) for layer, tau in manifest.serving["thresholds"].items()}
+    @classmethod
+    def of(cls, manifest) -> Plan:
+        """The manifest's validated ``serving`` section; without one, the build's defaults."""
+        if manifest.serving is None:
+            return cls({layer: manifest.threshold for layer in manifest.layers},
+                       Documents(1.0, tuple(sorted(manifest.layers))))
+        documents = manifest.serving.get("documents")
+        return cls({int(layer): float(tau) for layer, tau in manifest.serving["thresholds"].items()},
+                   None if documents is None else Documents.from_json(documents))
 
 
 def validate(serving: object, layers: dict[int, int], where: Path) -> dict | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import index, keys, pairs as pair_targets, values
-from .database import layer_dir
+from .layout import index_file, layer_dir, values_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,7 @@ def train_and_index(layer: int, heads: int, *, db: Path, features_path: Path, au
     from attmemo.models.key_embedding import train_key_embedding
 
     folder = db / layer_dir(layer)
-    stores = {b: values.ValueFile(folder / f"b{b}.values", count=c, heads=heads, bucket=b, dtype=dtype, mode="r")
+    stores = {b: values.ValueFile(db / values_file(layer, b), count=c, heads=heads, bucket=b, dtype=dtype, mode="r")
               for b, c in corpus.counts.items()}
     features = np.memmap(features_path, dtype=np.float32, mode="r", shape=(len(corpus.lengths), feature_size))
     train_x = np.asarray(features[plan.train_texts])
@@ -84,7 +84,7 @@ def train_and_index(layer: int, heads: int, *, db: Path, features_path: Path, au
         members = np.flatnonzero(corpus.bucket_of == b)   # in row order
         embedded = np.concatenate([key.embed(np.asarray(features[chunk]))
                                    for chunk in np.array_split(members, max(1, len(members) // 4096))])
-        index.build(embedded, corpus.lengths[members], folder / f"b{b}.ann", trees=settings.index_trees,
+        index.build(embedded, corpus.lengths[members], db / index_file(layer, b), trees=settings.index_trees,
                     seed=settings.seed)
     return report
 

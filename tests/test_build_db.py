@@ -134,11 +134,16 @@ def test_members_hit_in_every_layer_and_match_the_exact_model(memo_session, plai
 
 
 def test_unrelated_texts_miss_and_are_exact(memo_session, plain_session, tokenizer):
-    """Nothing hits in layer 0, so later layers do not even look up: a miss costs one lookup."""
+    """Nothing hits in layer 0, so later layers do not even look up: a miss costs one learned-key lookup.
+
+    (The uncalibrated database also serves verbatim repeats through the document key, which compares
+    each sequence with the stored texts of its length once per run and counts that in every layer
+    it could serve: 4 in each.)
+    """
     feed = _feed(tokenizer, OTHERS[:4])
     np.testing.assert_allclose(_tokens(memo_session, feed), _tokens(plain_session, feed), atol=1e-5)
     stats = memo_session.memo_stats()
-    assert [stats.get(layer, {}).get("lookups", 0) for layer in range(LAYERS)] == [4] + [0] * (LAYERS - 1)
+    assert [stats.get(layer, {}).get("lookups", 0) for layer in range(LAYERS)] == [4 + 4] + [4] * (LAYERS - 1)
     assert _hits(memo_session) == [0] * LAYERS
 
 

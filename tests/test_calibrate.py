@@ -18,6 +18,7 @@ import pytest
 
 import attmemo
 from attmemo.calibrate import Budget, calibrate
+from attmemo.custom_ops import registry
 from attmemo.store import MemoDatabase, MemoDatabaseError, serving
 from conftest import TINY_CORPUS
 
@@ -77,9 +78,13 @@ def test_a_damaged_choice_is_refused_naming_the_manifest(db_copy, bad):
 
 
 def test_calibration_switches_off_where_lookups_cost_more_than_they_save(db_copy):
-    """The tiny model runs in well under a millisecond: no reuse can pay for its lookup."""
+    """The tiny model runs in well under a millisecond: no per-layer lookup can pay for itself.
+
+    (The document key is left out: its one ~20 us lookup before a smaller fed model can pay even
+    here, and whether it does on this machine under load is timing noise, not this test's subject.)
+    """
     model, db = db_copy
-    result = calibrate(model, TINY_CORPUS, db=db, max_length=32, rounds=3)
+    result = calibrate(model, TINY_CORPUS, db=db, max_length=32, rounds=3, document_thresholds=())
     assert result.trials, "every threshold is measured"
     assert any(t.memo_rate > 0 for t in result.trials), "members do hit"
     assert result.chosen.thresholds == {}
@@ -127,6 +132,7 @@ def test_a_database_switched_off_runs_the_exact_model(db_copy):
     names = {i.name for i in session.get_inputs()}
     feed = {k: v.astype(np.int64) for k, v in tokenizer(TINY_CORPUS[:3], padding=True, return_tensors="np").items()
             if k in names}
+    registry.detach(MemoDatabase.open(db).model_id)   # earlier sessions of this model attached their databases
     with_ifs = ort.InferenceSession(str(model), attmemo.session_options()).run(None, feed)[0]
     assert np.array_equal(session.run(None, feed)[0], with_ifs)
 

@@ -99,7 +99,7 @@ def test_inputs_the_key_cannot_describe_compute_exactly(documents_only, tokenize
     }
     for name, feed in cases.items():
         np.testing.assert_array_equal(session.run(None, feed)[0], exact.run(None, feed)[0], err_msg=name)
-    assert _hits(session) == [0, 0] and session.memo_stats()[0]["lookups"] == 3, "looked up, and missed"
+    assert session.memo_stats() == {}, "none of them was compared with a stored text"
 
 
 def test_nearest_compares_only_texts_of_the_same_length_position_by_position():

@@ -67,6 +67,10 @@ class Raising:
         raise RuntimeError("lookup exploded")
 
 
+# A plain session keeps the rewritten graph, whose ops ask the registry (the disabled
+# attmemo.InferenceSession above runs the exact model).
+import onnxruntime
+session = onnxruntime.InferenceSession(model, attmemo.session_options())
 registry.attach(model_id, Raising())
 serve("raising lookup", session)
 report["raising calls"] = Raising.calls

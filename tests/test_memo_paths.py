@@ -26,6 +26,14 @@ from conftest import max_diff_on_real_tokens, padded_feeds, run_model
 STORED_ATOL = 1e-3
 
 
+def _plain(bert) -> ort.InferenceSession:
+    """A plain onnxruntime session of the MemoAttention model: its ops ask the op registry at run time.
+
+    (attmemo.InferenceSession with no database runs the exact model, with no op to ask.)
+    """
+    return ort.InferenceSession(str(bert["memo"]), attmemo.session_options())
+
+
 class GivenProbabilities:
     """A memo whose layer L returns probs[L] (in the stored unorm16 format) for the sequences in ``hits``."""
 
@@ -87,7 +95,7 @@ def test_all_hits_with_exact_probabilities_reproduce_the_model(bert, attached):
     feeds = padded_feeds(bert["dir"])
     probs, exact = record(bert, feeds)
     memo = attached(GivenProbabilities(probs, hits=np.ones(3, bool)))
-    got = run_model(attmemo.InferenceSession(str(bert["memo"])), feeds)
+    got = run_model(_plain(bert), feeds)
     assert memo.lookups == len(probs)
     assert max_diff_on_real_tokens(got, exact, feeds["attention_mask"]) <= STORED_ATOL
 
@@ -98,7 +106,7 @@ def test_hits_use_the_stored_probabilities(bert, attached):
     probs, exact = record(bert, feeds)
     uniform = {layer: uniform_over_real_tokens(p, feeds["attention_mask"]) for layer, p in probs.items()}
     attached(GivenProbabilities(uniform, hits=np.ones(3, bool)))
-    got = run_model(attmemo.InferenceSession(str(bert["memo"])), feeds)
+    got = run_model(_plain(bert), feeds)
     oracle_feeds = dict(feeds, **{f"attmemo.probs.{layer}": p for layer, p in uniform.items()})
     want = run_model(ort.InferenceSession(str(bert["oracle"])), oracle_feeds)
     assert max_diff_on_real_tokens(got, want, feeds["attention_mask"]) <= STORED_ATOL
@@ -110,7 +118,7 @@ def test_hits_and_misses_of_one_batch_merge_per_sequence(bert, attached):
     probs, exact = record(bert, feeds)
     uniform = {layer: uniform_over_real_tokens(p, feeds["attention_mask"]) for layer, p in probs.items()}
     attached(GivenProbabilities(uniform, hits=np.array([False, True, False])))
-    got = run_model(attmemo.InferenceSession(str(bert["memo"])), feeds)
+    got = run_model(_plain(bert), feeds)
     mask = feeds["attention_mask"]
     for missed in (0, 2):  # computed exactly, untouched by the other sequence's hit
         assert max_diff_on_real_tokens(got[missed:missed + 1], exact[missed:missed + 1], mask[missed:missed + 1]) <= 1e-5
@@ -125,7 +133,7 @@ def test_a_failing_memo_falls_back_to_the_exact_path(bert, attached):
     feeds = padded_feeds(bert["dir"])
     _, exact = record(bert, feeds)
     attached(Broken({}, hits=np.ones(3, bool)))
-    got = run_model(attmemo.InferenceSession(str(bert["memo"])), feeds)
+    got = run_model(_plain(bert), feeds)
     assert max_diff_on_real_tokens(got, exact, feeds["attention_mask"]) <= 1e-5
 
 
@@ -148,6 +156,12 @@ def test_inference_session_honours_the_callers_options(bert):
     assert session.get_providers() == ["CPUExecutionProvider"]
 
 
-def test_without_registration_onnxruntime_names_the_missing_op(bert):
-    with pytest.raises(Exception, match="MemoGate|attmemo"):
-        ort.InferenceSession(str(bert["memo"]))
+def test_inference_session_without_a_database_runs_the_exact_model(bert, attached):
+    """No MemoGate, no If: it costs what the unmodified export costs, and asks no memo."""
+    feeds = padded_feeds(bert["dir"])
+    probs, exact = record(bert, feeds)
+    memo = attached(GivenProbabilities(probs, hits=np.ones(3, bool)))   # would serve a session that asks
+    session = attmemo.InferenceSession(str(bert["memo"]))
+    assert session.memo_status == "no database"
+    assert max_diff_on_real_tokens(run_model(session, feeds), exact, feeds["attention_mask"]) <= 1e-5
+    assert memo.lookups == 0

@@ -1,0 +1,29 @@
+"""Where a database folder keeps each file (see manifest.py for the whole table).
+
+    lengths/b{b}.npy   tokens/b{b}.npy   L{layer}/b{b}.ann   L{layer}/b{b}.values   L{layer}/<key weights>
+
+b is a bucket length, layer a model layer. Every reader and writer names files through
+these functions, so a layout change is one edit.
+"""
+
+from __future__ import annotations
+
+
+def layer_dir(layer: int) -> str:
+    return f"L{layer}"
+
+
+def lengths_file(bucket: int) -> str:
+    return f"lengths/b{bucket}.npy"
+
+
+def tokens_file(bucket: int) -> str:
+    return f"tokens/b{bucket}.npy"
+
+
+def index_file(layer: int, bucket: int) -> str:
+    return f"{layer_dir(layer)}/b{bucket}.ann"
+
+
+def values_file(layer: int, bucket: int) -> str:
+    return f"{layer_dir(layer)}/b{bucket}.values"
