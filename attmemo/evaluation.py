@@ -215,6 +215,7 @@ class _Queries:
 
     def latency(self, count: int, rounds: int) -> dict[str, float]:
         from attmemo import bench
+        from attmemo.transforms.names import probs_value
         chosen = list(range(min(count, len(self.feeds))))
         probs = self.true_probs(chosen)
         sessions = {"baseline": self.sessions["plain"], "oracle": self.sessions["oracle"],
@@ -222,7 +223,7 @@ class _Queries:
         ms = {name: [] for name in sessions}
         ratio = {name: [] for name in sessions}
         for i, p in zip(chosen, probs):
-            oracle = {f"attmemo.probs.{layer}": P[None] for layer, P in p.items()}
+            oracle = {probs_value(layer): P[None] for layer, P in p.items()}
             t = bench.interleaved(sessions, self.feeds[i], baseline="baseline", rounds=rounds,
                                   extra_feeds={"oracle": oracle})
             for name in sessions:

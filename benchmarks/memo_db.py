@@ -161,11 +161,12 @@ _recorders: dict = {}
 
 def _true_probs(models, feed) -> dict[str, np.ndarray]:
     from attmemo.store.recorder import Recorder
+    from attmemo.transforms.names import probs_value
     if "r" not in _recorders:
         with tempfile.TemporaryDirectory(prefix="attmemo-bench-") as scratch:
             _recorders["r"] = Recorder(models["memo"], Path(scratch))
     records = _recorders["r"].run(feed["input_ids"][0])
-    return {f"attmemo.probs.{layer}": probs[None] for layer, (_, probs) in records.items()}
+    return {probs_value(layer): probs[None] for layer, (_, probs) in records.items()}
 
 
 if __name__ == "__main__":

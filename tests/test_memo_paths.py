@@ -18,6 +18,7 @@ from attmemo.custom_ops import registry
 from attmemo.store.values import encode_unorm16
 from attmemo.transforms.fuse import MODEL_ID_KEY
 from attmemo.transforms.model_file import transform_file
+from attmemo.transforms.names import probs_value
 from attmemo.transforms.unfuse import oracle_model, recording_model
 from conftest import max_diff_on_real_tokens, padded_feeds, run_model
 
@@ -107,7 +108,7 @@ def test_hits_use_the_stored_probabilities(bert, attached):
     uniform = {layer: uniform_over_real_tokens(p, feeds["attention_mask"]) for layer, p in probs.items()}
     attached(GivenProbabilities(uniform, hits=np.ones(3, bool)))
     got = run_model(_plain(bert), feeds)
-    oracle_feeds = dict(feeds, **{f"attmemo.probs.{layer}": p for layer, p in uniform.items()})
+    oracle_feeds = dict(feeds, **{probs_value(layer): p for layer, p in uniform.items()})
     want = run_model(ort.InferenceSession(str(bert["oracle"])), oracle_feeds)
     assert max_diff_on_real_tokens(got, want, feeds["attention_mask"]) <= STORED_ATOL
     assert max_diff_on_real_tokens(got, exact, feeds["attention_mask"]) > 1e-2

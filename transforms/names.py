@@ -9,3 +9,13 @@ def fed_input(layer: int) -> str:
 def layer_prefix(layer: int) -> str:
     """Prefix of the values and nodes a rewrite copies out of ``layer``'s MemoAttention call."""
     return f"attmemo.L{layer}."
+
+
+def probs_value(layer: int) -> str:
+    """``layer``'s attention probabilities: a recording model's output, the oracle model's input."""
+    return f"attmemo.probs.{layer}"
+
+
+def hidden_value(layer: int) -> str:
+    """``layer``'s input hidden states, a recording model's output."""
+    return f"attmemo.hidden.{layer}"

@@ -23,7 +23,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass
 
 from . import memo_function
-from .names import fed_input, layer_prefix
+from .names import fed_input, hidden_value, layer_prefix, probs_value
 
 
 @dataclasses.dataclass
@@ -42,10 +42,10 @@ def recording_model(model: ir.Model) -> list[LayerValues]:
     layers = []
     for call in memo_calls(model):
         layer = call.attributes.get_int("layer")
-        hidden = _output_alias(model.graph, call.inputs[0], f"attmemo.hidden.{layer}")
+        hidden = _output_alias(model.graph, call.inputs[0], hidden_value(layer))
         _, values = _inline_exact(model, call, prefix=layer_prefix(layer))
         probs = values[memo_function.EXACT_PROBS]
-        probs.name = f"attmemo.probs.{layer}"
+        probs.name = probs_value(layer)
         probs.type = ir.TensorType(ir.DataType.FLOAT)
         probs.shape = ir.Shape(["batch", None, "sequence", "sequence"])
         model.graph.outputs.extend([hidden, probs])
@@ -67,7 +67,7 @@ def exact_model(model: ir.Model) -> int:
 
 def oracle_model(model: ir.Model) -> list[str]:
     """Rewrite ``model`` in place so each layer reads P from a graph input; return those input names."""
-    return _feed_probs(model, layers=None, name="attmemo.probs.{}".format, scale=None)
+    return _feed_probs(model, layers=None, name=probs_value, scale=None)
 
 
 def fed_model(model: ir.Model, layers, codec) -> list[str]:
