@@ -10,6 +10,7 @@ Spec, for each source in the README's "Supported" table:
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -151,6 +152,37 @@ def test_a_hit_skips_the_int8_q_and_k_projections(int8_bert):
     total = ops(quantized)["MatMulInteger"]
     assert count(fed) == total - 2 * len(served)
     assert count(oracle) == total - 2 * LAYERS
+
+
+def test_int8_model_reuses_stored_attention_end_to_end(int8_bert, tmp_path):
+    """A database of the int8 rewrite, served by the document key: a stored text hits in every
+    layer and gives the int8 model's own output (its stored P is its exact P)."""
+    from attmemo.export.hf_export import tokenizer_dir_for
+    from attmemo.store import serving
+    from attmemo.store.build import build_database
+    from attmemo.store.train import KeyTraining
+    from conftest import TINY_CORPUS
+    from tiny_models import sample_inputs
+
+    model_dir, quantized, memo = int8_bert
+    model = tmp_path / "int8.memo.onnx"
+    model.write_bytes(memo.read_bytes())
+    shutil.copytree(model_dir, tokenizer_dir_for(model))  # build-db tokenizes with the model's tokenizer
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TINY_CORPUS) + "\n")
+    db = tmp_path / "int8.memo.memo"
+    build_database(model, corpus, out=db, max_length=32, training=KeyTraining(epochs=2))
+    serving.write(db, thresholds={}, documents=serving.Documents(0.9, tuple(range(LAYERS))), measured={})
+    session = attmemo.InferenceSession(str(model), db=db)
+    feeds = sample_inputs(model_dir, [TINY_CORPUS[-1]], {i.name for i in session.get_inputs()})
+    got = session.run(None, feeds)[0]
+    assert [entry["hits"] for _, entry in sorted(session.memo_stats().items())] == [1] * LAYERS
+    want = run_model(ort.InferenceSession(str(quantized)), feeds)
+    # Not bit-equal: DynamicQuantizeLinear scales by the range of the whole batch, and the
+    # build recorded this text's P inside a padded batch of others (batch composition alone moves
+    # the int8 output by ~0.04 on this tiny model).
+    cosine = np.sum(got * want, -1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
+    assert cosine.min() >= 0.999
 
 
 # --- item 4: onnxruntime.transformers optimizer ---------------------------------------------
