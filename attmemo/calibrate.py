@@ -167,7 +167,7 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
         if budget.holds(chosen_half(layer_trials[-1])) and often and often != everywhere:
             layer_trials.append(measure(often))
     document_trials = []
-    if runner.tier is not None and document_thresholds:
+    if runner.documents and document_thresholds:
         document_trials = _document_trials(measure_documents, runner.every_layer, budget, chosen_half,
                                            runner.closer_trial)
         closer = [t for t in document_trials if t.documents.closer is not None]
@@ -307,8 +307,7 @@ class _Runner:
 
         from attmemo.bench import quiet_session_options
         from attmemo.custom_ops.registry import MODEL_ID_KEY
-        from attmemo.document_tier import DocumentTier
-        from attmemo.session import exact_model, rewritten_model_bytes, session_options
+        from attmemo.session import exact_model, private_model, rewritten_model_bytes, session_options
         from attmemo.store import MemoDatabaseError
         from attmemo.store.recorder import load_tokenizer
 
@@ -317,15 +316,20 @@ class _Runner:
             raise MemoDatabaseError(f"{database.folder}: built for model {database.model_id}, but {model} is "
                                     f"{metadata.get(MODEL_ID_KEY)}; calibrate the database built for this model.")
         self.model, self.database = model, database
-        self.session = ort.InferenceSession(str(model), session_options(sess_options=quiet_session_options()))
+        # The candidate plans are attached under a private id (see ``use``): what a live
+        # session of this model in the process is served never changes while calibrating.
+        self.private_id = f"{database.model_id}.calibrate.{id(self):x}"
+        rewritten = rewritten_model_bytes(model, lambda m: private_model(m, self.private_id))
+        if rewritten is None:
+            raise MemoDatabaseError(f"{model}: cannot be rewritten for calibration; export it again with attmemo-export.")
+        self.session = ort.InferenceSession(rewritten, session_options(sess_options=quiet_session_options()))
         exact = rewritten_model_bytes(model, exact_model)
         self.off_session = (ort.InferenceSession(exact, quiet_session_options()) if exact is not None
                             else self.session)
         self.every_layer = tuple(sorted(database.manifest.layers))
         self._fed_sessions: dict[tuple[int, ...], object] = {}
-        self.tier = None
-        if database.documents is not None and self.fed_session(self.every_layer) is not None:
-            self.tier = DocumentTier(database, Documents(1.0, self.every_layer))
+        self.attached = None   # the view of the database serving the per-layer lookups being tried
+        self.documents = database.documents is not None and self.fed_session(self.every_layer) is not None
         tokenizer = load_tokenizer(model, metadata)
         names = {i.name for i in self.session.get_inputs()}
         self.feeds = [_feed(tokenizer, text, names, max_length) for text in texts]
@@ -350,42 +354,52 @@ class _Runner:
             self._fed_sessions[layers] = session
         return session
 
+    def executor(self, documents: Documents):
+        """The executor of a candidate document plan, on a view with counters of its own."""
+        return self.database.view(thresholds={}, documents=documents).executor
+
     def use(self, thresholds: dict[int, float] | None) -> None:
-        """None: database detached (exact); else serve the given layers at the given thresholds."""
+        """None: nothing attached (exact); else a view serving the given layers at the given thresholds."""
         from attmemo.custom_ops import registry
         if thresholds is None:
-            registry.detach(self.database.model_id)
+            registry.detach(self.private_id)
+            self.attached = None
         else:
-            self.database.use_thresholds(thresholds)
-            registry.attach(self.database.model_id, self.database)
+            self.attached = self.database.view(thresholds=thresholds, documents=None)
+            registry.attach(self.private_id, self.attached)
 
-    def run(self, feed: dict, thresholds: dict[int, float], documents: Documents | None) -> np.ndarray:
+    def run(self, feed: dict, thresholds: dict[int, float], documents: Documents | None,
+            executor=None) -> np.ndarray:
         """The model's first output for ``feed`` under one serving choice ({} and None: off).
 
         With thresholds, the caller has attached them (``use``): that is not part of a run.
         """
-        if documents is not None and self.tier is not None:
-            self.tier.choice = documents
-            found = self.tier.feeds(feed)
+        from attmemo.document_tier import fast_path
+
+        if documents is not None and self.documents:
+            found = fast_path(executor or self.executor(documents), feed)
             if found is not None:
                 layers, fed = found
                 return self.fed_session(layers).run(None, fed)[0]
         return (self.session if thresholds else self.off_session).run(None, feed)[0]
 
-    def embed(self, thresholds: dict[int, float] | None) -> np.ndarray:
+    def embed(self, thresholds: dict[int, float] | None, *, counted: list | None = None) -> np.ndarray:
+        """Sentence embeddings of the texts under ``thresholds``; ``counted`` receives the view's stats."""
         from attmemo.embedding import sentence_embedding
         self.use(thresholds or None)
         try:
             return np.stack([sentence_embedding(self.run(feed, thresholds or {}, None),
                                                 feed["attention_mask"])[0] for feed in self.feeds])
         finally:
+            if counted is not None and self.attached is not None:
+                counted.append(self.attached.stats.snapshot())
             self.use(None)
 
     def trial(self, thresholds, exact, labels, centroids) -> Trial:
         """The per-layer lookups at ``thresholds``."""
-        self.database.stats.reset()
-        memo = self.embed(thresholds)
-        stats = self.database.stats.snapshot()
+        counted = []
+        memo = self.embed(thresholds, counted=counted)
+        stats = counted[0] if counted else {}
         return _trial(thresholds, None, memo, exact, labels, centroids,
                       {layer: stats.get(layer, {}).get("hits", 0) / len(self.feeds) for layer in self.every_layer})
 
@@ -398,11 +412,13 @@ class _Runner:
         """
         from attmemo.embedding import sentence_embedding
 
+        from attmemo.document_tier import fast_path
+
         session, lowest = self.fed_session(layers, keep=False), min(thresholds)
-        self.tier.choice = Documents(lowest, layers)
+        executor = self.executor(Documents(lowest, layers))
         reused = exact.copy()
         for i, feed in enumerate(self.feeds):
-            found = self.tier.feeds(feed) if self.shares[i] >= lowest else None
+            found = fast_path(executor, feed) if self.shares[i] >= lowest else None
             if found is not None:
                 reused[i] = sentence_embedding(session.run(None, found[1])[0], feed["attention_mask"])[0]
         trials = []
@@ -435,7 +451,8 @@ class _Runner:
         some texts hit and others miss, the median text says nothing of the time saved.
         Off is the exact model; the rest run as ``run`` does, lookups included.
         """
-        configs = [({}, None), *((c.thresholds, c.documents) for c in choices)]
+        configs = [({}, None, None), *((c.thresholds, c.documents, c.documents and self.executor(c.documents))
+                                       for c in choices)]
         for documents in {c.documents for c in choices if c.documents is not None}:
             for layers in documents.tiers():
                 self.fed_session(layers)   # made before timing starts

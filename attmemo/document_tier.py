@@ -1,78 +1,48 @@
-"""The document key at run time: one lookup per run, before the model runs.
+"""The document key's batch-1 fast path in ``attmemo.InferenceSession.run``.
 
-``attmemo.InferenceSession.run`` asks ``DocumentTier.feeds`` first. One unpadded
-sequence (batch 1, attention mask all ones, token types all zero) whose ids
-match a stored text of the same length at >= ``threshold`` of its positions
-(store/documents.py) gets the feeds of the fed model (transforms.unfuse.fed_model)
-of the layers the choice serves at that match (store/serving.Documents.served):
-each receives that text's stored attention and skips its Q/K projections,
-Q·K^T and softmax. Anything else gets None and runs the model as
-usual, so a miss costs the comparison alone (~10-50 us).
+One unpadded sequence (batch 1, attention mask all ones, token types all zero) whose
+stored match the executor (store/document_executor.py) serves gets the feeds of the fed
+model (transforms.unfuse.fed_model) of the layers served at that match: each receives the
+stored attention as a graph input, read in place from the memory map when stored as
+float32, and skips its Q/K projections, Q·K^T and softmax. This is the fastest door;
+everything else (batches, padding, plain onnxruntime sessions) is served by the same
+executor inside the graph (MemoGate / MemoFetch).
 
-Why before the run and not per layer inside it: a per-layer hit pays a Python
-op call, a learned-key lookup and a copy of P out of the op (~0.9 ms per MiniLM
-layer at 256 tokens, of the ~1.5 ms it saves). Fed as graph inputs, a float16
-store is read in place and cast natively (store/values.py).
-
-Never raises into the caller's run: an unexpected error is logged once and
-counted as a fallback, and the run computes as if nothing matched.
+Never raises into the caller's run: an unexpected error is logged once and counted as a
+fallback, and the run computes as if nothing matched.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 
-from attmemo.store.serving import Documents
+from attmemo.transforms.names import fed_input
 
 
-def fed_input(layer: int) -> str:
-    """Name of the fed model's input carrying ``layer``'s stored attention (transforms.unfuse.fed_model)."""
-    return f"attmemo.stored_probs.{layer}"
+def fast_path(executor, input_feed: dict) -> tuple[tuple[int, ...], dict] | None:
+    """(the layers that reuse, the feeds of their fed model) on a batch-1 hit, else None.
 
-
-class DocumentTier:
-    def __init__(self, database, choice: Documents):
-        self.database, self.choice = database, choice
-        # Per thread, the buffers stored attention is copied into when it cannot be fed in
-        # place (values.ValueFile.fed): fresh arrays would page-fault on every run (~0.2 ms per 3 MB).
-        self._local = threading.local()
-
-    def feeds(self, input_feed: dict) -> tuple[tuple[int, ...], dict] | None:
-        """(the layers that reuse, the feeds of their fed model) if a stored text matches ``input_feed``, else None."""
-        ids = single_sequence(input_feed)
-        if ids is None:
+    A miss is not counted here: the model then runs, and its MemoGate looks the
+    sequence up (and counts it) as it does for every input.
+    """
+    ids = single_sequence(input_feed)
+    if ids is None:
+        return None
+    start = time.perf_counter()
+    try:
+        found = executor.single(ids)
+        if found is None:
             return None
-        layers = self.choice.every_layer
-        start = time.perf_counter()
-        try:
-            match = self.database.documents.nearest(ids)
-            if match is None:   # no stored text of this length: nothing was looked up
-                return None
-            served = self.choice.served(match.similarity)
-            found = (served, {**input_feed, **self._stored(match, len(ids), served)}) if served else None
-        except Exception as error:  # noqa: BLE001 - a lookup failure must cost only the reuse
-            self.database.fall_back(layers[0], type(error).__name__, f"document lookup failed ({error})",
-                                    sequences=1, error=error)
-            return None
-        seconds = (time.perf_counter() - start) / len(layers)
-        for layer in layers:
-            self.database.stats.record(layer, lookups=1, hits=int(layer in served), seconds=seconds)
-        return found
-
-    def _stored(self, match, n: int, layers: tuple[int, ...]) -> dict[str, np.ndarray]:
-        buffers = getattr(self._local, "buffers", None)
-        if buffers is None or buffers[0] != n:
-            buffers = self._local.buffers = (n, {})
-        fed = {}
-        for layer in layers:
-            out = buffers[1].get(layer)
-            if out is None:
-                out = buffers[1][layer] = np.empty((1, self.database.heads(layer), n, n), self.database.codec.fed_dtype)
-            fed[fed_input(layer)] = self.database.fed_probs(layer, match.bucket, match.row, n, out)
-        return fed
+        served, match = found
+        feeds = {**input_feed, **executor.feeds(ids, served, match, fed_input)}
+    except Exception as error:  # noqa: BLE001 - a lookup failure must cost only the reuse
+        executor.database.fall_back(executor.plan.every_layer[0], type(error).__name__,
+                                    f"document lookup failed ({error})", sequences=1, error=error)
+        return None
+    executor.count_single(served, time.perf_counter() - start)
+    return served, feeds
 
 
 def single_sequence(input_feed: dict) -> np.ndarray | None:

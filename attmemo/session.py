@@ -31,7 +31,7 @@ import onnxruntime as ort
 from attmemo import custom_ops
 from attmemo.custom_ops import registry
 from attmemo.custom_ops.registry import LAYERS_KEY, MODEL_ID_KEY
-from attmemo.document_tier import DocumentTier
+from attmemo import document_tier
 from attmemo.store import MemoDatabase, MemoDatabaseError, default_db_dir
 from attmemo.store.manifest import FILENAME as MANIFEST
 
@@ -111,10 +111,11 @@ class InferenceSession(ort.InferenceSession):
             db = default_db_dir(path_or_bytes)
         strict = not found if strict is None else strict
         self._memo: MemoDatabase | None = None
-        self._documents: DocumentTier | None = None
+        self._documents = None   # the database's document executor, for run's batch-1 fast path
         self._fed: dict[tuple[int, ...], ort.InferenceSession] = {}   # per set of layers a hit reuses
         database, self.memo_status = _open(db, strict=strict) if db is not None else (None, "no database")
-        layers_off = database is not None and not database.thresholds
+        # Nothing served in the graph (no per-layer lookups, no document key): run the exact model.
+        layers_off = database is not None and not database.thresholds and database.executor is None
         model = rewritten_model_bytes(path_or_bytes, exact_model) if layers_off else None
         options = session_options(None, sess_options)
         if database is not None and database.document_serving is not None:
@@ -138,21 +139,23 @@ class InferenceSession(ort.InferenceSession):
     def _serve(self, db, database: MemoDatabase, path_or_bytes, options, kwargs, *, layers_off: bool,
                exact: bool) -> str:
         """Set up what the database's ``serving`` asks for; return the session's status."""
-        served = []
-        if database.document_serving is not None and self._serve_documents(path_or_bytes, database, options, kwargs):
-            served.append(f"document key at {database.document_serving.describe()}")
-        if not layers_off:
-            registry.attach(database.model_id, database)
-            served.append("per-layer lookups")
-        if not served:
+        if layers_off:
             return (f"off: {db} serves no layer (attmemo calibrate found none where reuse pays); "
                     f"running the {'exact model' if exact else 'model without lookups'}")
+        # The graph's ops (MemoGate, MemoLookup, MemoFetch) find the database under the model id.
+        registry.attach(database.model_id, database)
+        served = []
+        if database.executor is not None:
+            served.append(f"document key at {database.executor.plan.describe()}")
+            if self._serve_documents(path_or_bytes, database, options, kwargs):
+                served[-1] += " (batch 1 through fed models)"
+        if database.thresholds:
+            served.append("per-layer lookups")
         return f"serving {db}: {' and '.join(served)}"
 
     def _serve_documents(self, path_or_bytes, database: MemoDatabase, options: ort.SessionOptions, kwargs) -> bool:
-        """Create the fed models' sessions for the document key (attmemo.document_tier); log if they cannot be."""
-        choice = database.document_serving
-        for layers in choice.tiers():
+        """Create the fed models' sessions of the batch-1 fast path; log if they cannot be."""
+        for layers in database.executor.plan.tiers():
             fed = rewritten_model_bytes(path_or_bytes,
                                         lambda model, layers=layers: fed_model(model, layers, database.codec))
             if fed is None:
@@ -160,16 +163,16 @@ class InferenceSession(ort.InferenceSession):
             try:
                 self._fed[layers] = ort.InferenceSession(fed, sess_options=options, **kwargs)
             except Exception as error:  # noqa: BLE001 - an optimisation: the model itself still serves
-                log.warning("could not load the fed model (%s); serving without the document key", error)
+                log.warning("could not load the fed model (%s); serving the document key inside the model", error)
                 self._fed.clear()
                 return False
-        self._documents = DocumentTier(database, choice)
+        self._documents = database.executor
         return True
 
     def run(self, output_names, input_feed, run_options=None):
-        """``onnxruntime.InferenceSession.run``; a document-key hit runs the fed model instead (same outputs)."""
+        """``onnxruntime.InferenceSession.run``; a batch-1 document-key hit runs the fed model instead (same outputs)."""
         if self._documents is not None:
-            found = self._documents.feeds(input_feed)
+            found = document_tier.fast_path(self._documents, input_feed)
             if found is not None:
                 layers, fed = found
                 return self._fed[layers].run(output_names, fed, run_options)
@@ -232,6 +235,11 @@ def exact_model(model) -> None:
 def fed_model(model, layers, codec) -> None:
     from attmemo.transforms.unfuse import fed_model as rewrite
     rewrite(model, layers, codec)
+
+
+def private_model(model, model_id: str) -> None:
+    from attmemo.transforms.unfuse import rename_model_id
+    rename_model_id(model, model_id)
 
 
 def _open(db, *, strict: bool) -> tuple[MemoDatabase | None, str]:

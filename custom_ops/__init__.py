@@ -5,9 +5,9 @@ Importing this package declares the ops; they become usable in a session once
 (:func:`attmemo.session_options` does both).
 """
 
-from onnxruntime_extensions import get_library_path as library_path
+from .ortx import library_path
 
-from . import memo_gate, memo_lookup  # noqa: F401  (declares the ops)
+from . import memo_fetch, memo_gate, memo_lookup  # noqa: F401  (declares the ops)
 from .memo_gate import DOMAIN
 
 __all__ = ["DOMAIN", "library_path"]

@@ -19,8 +19,7 @@ import threading
 from collections.abc import Callable
 
 import numpy as np
-from onnxruntime_extensions import PyCustomOpDef
-from onnxruntime_extensions import _ocos
+from .ortx import PyCustomOpDef, _ocos
 
 log = logging.getLogger(__name__)
 

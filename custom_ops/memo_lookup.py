@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from onnxruntime_extensions import PyCustomOpDef, onnx_op
+from .ortx import PyCustomOpDef, onnx_op
 
 from . import bridge, registry
 from .memo_gate import DOMAIN
@@ -33,19 +33,24 @@ def memo_lookup(features_BF: np.ndarray, mask_BS: np.ndarray, *, layer: int, mod
     if memo is None:
         return _exact(features_BF)
     hit_B, stored_BHSS = memo.lookup(layer, features_BF, mask_BS)
-    problem = _unusable_result(hit_B, stored_BHSS, mask_BS, heads=_heads(memo, layer))
+    return checked(memo, layer, hit_B, stored_BHSS, mask_BS, dtype=np.uint16, exact=lambda *_: _exact(features_BF))
+
+
+def checked(memo, layer: int, hit_B, stored_BHSS, mask_BS, *, dtype, exact):
+    """The op's outputs for a lookup's result, or ``exact()``'s when the result must not enter the graph."""
+    problem = _unusable_result(hit_B, stored_BHSS, mask_BS, heads=_heads(memo, layer), dtype=np.dtype(dtype))
     if problem is not None:
         _fall_back(memo, layer, problem, sequences=len(mask_BS) if np.ndim(mask_BS) == 2 else 1)
-        return _exact(features_BF)
+        return exact()
     if not hit_B.any():
-        return _exact(features_BF)
+        return exact()
     return hit_B.reshape(-1, 1, 1, 1), np.ones(1, dtype=bool), np.array([bool(hit_B.all())]), stored_BHSS
 
 
-def _unusable_result(hit_B, stored_BHSS, mask_BS: np.ndarray, *, heads: int | None) -> str | None:
+def _unusable_result(hit_B, stored_BHSS, mask_BS: np.ndarray, *, heads: int | None, dtype: np.dtype) -> str | None:
     """Why a lookup's result must not enter the graph, or None if it may.
 
-    hit_B must be bool[B] and, if anything hit, stored_BHSS uint16[B, H, S, S]
+    hit_B must be bool[B] and, if anything hit, stored_BHSS ``dtype``[B, H, S, S]
     with B, S from the mask and H from the database (any H if the memo does
     not say). The graph would take other shapes: [1, H, S, S] broadcasts over
     the batch and [B, 1, S, S] over the heads in its Where and MatMul, silently
@@ -61,8 +66,8 @@ def _unusable_result(hit_B, stored_BHSS, mask_BS: np.ndarray, *, heads: int | No
     if heads is None and np.ndim(stored_BHSS) == 4:
         heads = np.shape(stored_BHSS)[1]
     expected = (batch, heads, size, size)
-    if not (isinstance(stored_BHSS, np.ndarray) and stored_BHSS.dtype == np.uint16 and stored_BHSS.shape == expected):
-        return f"the stored probabilities are {_describe(stored_BHSS)}, not uint16{list(expected)}"
+    if not (isinstance(stored_BHSS, np.ndarray) and stored_BHSS.dtype == dtype and stored_BHSS.shape == expected):
+        return f"the stored probabilities are {_describe(stored_BHSS)}, not {dtype}{list(expected)}"
     return None
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import documents as documents_file, keys, manifest as manifest_file, serving, values
+from .document_executor import DocumentExecutor
 from .documents import DocumentIndex
 from .index import KeyIndex
 from .manifest import Manifest, MemoDatabaseError
@@ -69,11 +70,16 @@ class MemoDatabase:
     """A loaded database folder. Thread-safe for lookups (everything is read-only but the stats)."""
 
     def __init__(self, folder: Path, manifest: Manifest, layers: dict[int, _Layer],
-                 documents: DocumentIndex | None = None):
+                 documents: DocumentIndex | None = None, *, thresholds: dict[int, float] | None = None,
+                 document_plan: serving.Documents | None | bool = True):
+        """thresholds, document_plan: what this object serves; by default the manifest's choice."""
         self.folder, self.manifest, self._layers = folder, manifest, layers
-        self._policies = _policies(serving.thresholds_of(manifest))
+        self._policies = _policies(serving.thresholds_of(manifest) if thresholds is None else thresholds)
         # The document key (documents.py); None for a database built without token tables.
         self.documents = documents
+        plan = serving.documents_of(manifest) if document_plan is True else document_plan
+        # What every entry point runs for the document key (document_executor.py); None: not served.
+        self.executor = DocumentExecutor(self, plan) if documents is not None and plan else None
         self.stats = MemoStats()
         self._logged: set[tuple[int, str]] = set()   # (layer, kind of problem) already logged
         self._bucket_lengths = sorted(manifest.buckets)
@@ -153,8 +159,19 @@ class MemoDatabase:
 
     @property
     def document_serving(self) -> serving.Documents | None:
-        """What the document key serves (the manifest's choice), None without token tables."""
-        return serving.documents_of(self.manifest) if self.documents is not None else None
+        """What the document key serves (this object's plan), None without token tables or a plan."""
+        return self.executor.plan if self.executor is not None else None
+
+    def view(self, *, thresholds: dict[int, float], documents: serving.Documents | None) -> MemoDatabase:
+        """The same loaded files serving another plan, with counters of its own.
+
+        Calibration tries its candidate plans on views: the object live sessions use
+        keeps its plan and its counts.
+        """
+        if unknown := set(thresholds) - set(self._layers):
+            raise ValueError(f"the database has no layer {min(unknown)}.")
+        return MemoDatabase(self.folder, self.manifest, self._layers, self.documents, thresholds=thresholds,
+                            document_plan=documents)
 
     @property
     def codec(self) -> values.Codec:
@@ -164,6 +181,10 @@ class MemoDatabase:
     def fed_probs(self, layer: int, bucket: int, row: int, n: int, out_1Hnn: np.ndarray) -> np.ndarray:
         """[1, H, n, n] stored attention of ``row`` as the fed model reads it (values.ValueFile.fed)."""
         return self._layers[layer].buckets[bucket].values.fed(row, n, out_1Hnn)
+
+    def probs_float(self, layer: int, bucket: int, row: int, n: int, out_1Hnn: np.ndarray) -> np.ndarray:
+        """[1, H, n, n] float32 stored attention of ``row``: in place when stored so, else decoded into ``out_1Hnn``."""
+        return self._layers[layer].buckets[bucket].values.as_float(row, n, out_1Hnn)
 
     def heads(self, layer: int) -> int | None:
         """H of ``layer``'s stored probabilities (None if the database does not serve it)."""

@@ -169,5 +169,12 @@ class ValueFile:
         np.copyto(out_1Hnn[0], self.rows[row, :, :n, :n])
         return out_1Hnn
 
+    def as_float(self, row: int, n: int, out_1Hnn: np.ndarray) -> np.ndarray:
+        """[1, H, n, n] float32 of ``row``: in place if stored as float32 filling its bucket, else decoded into ``out_1Hnn``."""
+        if self.rows.dtype == np.float32 and n == self.bucket:
+            return self.rows[row:row + 1]
+        self.codec.decode(self.rows[row, :, :n, :n], out_1Hnn[0])
+        return out_1Hnn
+
     def flush(self) -> None:
         self.rows.flush()

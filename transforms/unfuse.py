@@ -22,9 +22,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass
 
-from attmemo.document_tier import fed_input
-
 from . import memo_function
+from .names import fed_input, layer_prefix
 
 
 @dataclasses.dataclass
@@ -44,7 +43,7 @@ def recording_model(model: ir.Model) -> list[LayerValues]:
     for call in memo_calls(model):
         layer = call.attributes.get_int("layer")
         hidden = _output_alias(model.graph, call.inputs[0], f"attmemo.hidden.{layer}")
-        _, values = _inline_exact(model, call, prefix=f"attmemo.L{layer}.")
+        _, values = _inline_exact(model, call, prefix=layer_prefix(layer))
         probs = values[memo_function.EXACT_PROBS]
         probs.name = f"attmemo.probs.{layer}"
         probs.type = ir.TensorType(ir.DataType.FLOAT)
@@ -60,7 +59,7 @@ def exact_model(model: ir.Model) -> int:
     """Rewrite ``model`` in place into plain ONNX computing exactly what it computed; return the calls removed."""
     calls = memo_calls(model)
     for call in calls:
-        _inline_exact(model, call, prefix=f"attmemo.L{call.attributes.get_int('layer')}.")
+        _inline_exact(model, call, prefix=layer_prefix(call.attributes.get_int('layer')))
     RemoveUnusedNodesPass()(model)  # the MemoGate and the "still hitting" constant
     RemoveUnusedFunctionsPass()(model)
     return len(calls)
@@ -88,7 +87,7 @@ def _feed_probs(model: ir.Model, *, layers: set[int] | None, name: Callable[[int
     names = []
     for call in memo_calls(model):
         layer = call.attributes.get_int("layer")
-        prefix = f"attmemo.L{layer}."
+        prefix = layer_prefix(layer)
         if layers is not None and layer not in layers:
             _inline_exact(model, call, prefix=prefix)
             continue
@@ -108,10 +107,24 @@ def _feed_probs(model: ir.Model, *, layers: set[int] | None, name: Callable[[int
     return names
 
 
+def rename_model_id(model: ir.Model, model_id: str) -> None:
+    """Bind ``model``'s Python ops to another registry entry (custom_ops/registry.py), in place.
+
+    Calibration runs its candidate plans under a private id, so attaching one never
+    changes what live sessions of the same model are served.
+    """
+    for node in model.graph:
+        if "model_id" in node.attributes and node.domain in (memo_function.DOMAIN, memo_function.RUNTIME_DOMAIN):
+            node.attributes["model_id"] = ir.AttrString("model_id", model_id)
+
+
 def _exact_branch(model: ir.Model, call: ir.Node) -> tuple[ir.Function, ir.Graph]:
+    """The function and its exact branch: the innermost ``else`` (memo_function.build_function)."""
     function = model.functions[(call.domain, call.op_type, call.overload)]
-    branch = next(n for n in function.graph if n.op_type == "If")
-    return function, branch.attributes["else_branch"].value
+    graph = function.graph
+    while (branch := next((n for n in graph if n.op_type == "If"), None)) is not None:
+        graph = branch.attributes["else_branch"].value
+    return function, graph
 
 
 def _inline_exact(model: ir.Model, call: ir.Node, *, prefix: str, probs: ir.Value | None = None,
