@@ -258,3 +258,54 @@ def _inline_external_data(path: Path) -> None:
     if data.exists():
         onnx.save(onnx.load(str(path)), str(path))
         data.unlink()
+
+
+def export_sdpa_layer(out: Path, *, mask: str, dynamo: bool, opset: int, scale: float | None = None) -> Path:
+    """Export one attention layer that calls ``torch.nn.functional.scaled_dot_product_attention``.
+
+    hidden [B, S, 8] (and attention_mask [B, S] int64 unless ``mask == "none"``) -> [B, S, 8],
+    2 heads of 4. ``mask``: "bool" (expanded [B, 1, S, S] boolean, as transformers' newer
+    mask utilities build it), "additive" ((1 - m) * min, as the SDPA mask of transformers 4.57),
+    "where" (Where(m, 0, min) expanded) or "none". Covers torch's two SDPA decompositions
+    (TorchScript symbolic with dynamo=False, torchlib with dynamo=True); returns the ONNX path.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = (torch.nn.Linear(8, 8) for _ in range(3))
+
+        def forward(self, hidden, attention_mask=None):
+            b, s, d = hidden.shape
+            heads = lambda t: t.view(b, s, 2, d // 2).transpose(1, 2)  # noqa: E731
+            m = attention_mask[:, None, None, :] if attention_mask is not None else None
+            low = torch.finfo(hidden.dtype).min
+            bias = {"bool": lambda: m.bool().expand(b, 1, s, s),
+                    "additive": lambda: (1.0 - m.to(hidden.dtype)) * low,
+                    "where": lambda: torch.where(m.bool(), 0.0, low).expand(b, 1, s, s),
+                    "none": lambda: None}[mask]()
+            context = F.scaled_dot_product_attention(heads(self.q(hidden)), heads(self.k(hidden)),
+                                                     heads(self.v(hidden)), attn_mask=bias, scale=scale)
+            return context.transpose(1, 2).reshape(b, s, d)
+
+    torch.manual_seed(SEED)
+    layer = Layer().eval()
+    names = ["hidden"] if mask == "none" else ["hidden", "attention_mask"]
+    attention_mask = torch.ones(2, 5, dtype=torch.int64)
+    attention_mask[1, 3:] = 0
+    args = (torch.randn(2, 5, 8),) + (() if mask == "none" else (attention_mask,))
+    kw = dict(input_names=names, output_names=["context"], opset_version=opset, dynamo=dynamo, verbose=False)
+    if dynamo:
+        dim_b, dim_s = torch.export.Dim("batch"), torch.export.Dim("sequence")
+        kw["dynamic_shapes"] = {n: {0: dim_b, 1: dim_s} for n in names}
+    else:
+        kw["dynamic_axes"] = {n: {0: "batch", 1: "sequence"} for n in names}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(layer, args, str(out), **kw)
+    _inline_external_data(out)
+    return out

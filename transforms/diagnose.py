@@ -4,6 +4,29 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+# One attention op hides P; what to do depends on who fused it.
+_FUSED = {
+    # ONNX Attention (opset 23): torch's dynamo exporter emits it for SDPA at opset >= 23.
+    ("", "Attention"): "is a fused ONNX Attention op (opset >= 23), which hides the probabilities; "
+                       "export with opset 18-22 or eager attention (attmemo-export does)",
+    # onnxruntime.transformers.optimizer with its default FusionOptions.
+    ("com.microsoft", "Attention"): "was fused into com.microsoft Attention by onnxruntime's transformer optimizer, "
+                                    "which hides the probabilities; optimize again with --disable_attention "
+                                    "(FusionOptions.enable_attention = False)",
+    ("com.microsoft", "MultiHeadAttention"): "was fused into com.microsoft MultiHeadAttention by onnxruntime's "
+                                             "transformer optimizer, which hides the probabilities; optimize again "
+                                             "with --disable_attention (FusionOptions.enable_attention = False)",
+}
+
+
+def fused_attention(model: ir.Model) -> str | None:
+    """Why the model's attention cannot be memoized when one fused op computes it, else None."""
+    for node in model.graph:
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        if (domain, node.op_type) in _FUSED:
+            return f"attention {_FUSED[domain, node.op_type]}"
+    return None
+
 # Ops an exporter puts between Q·K^T and Softmax (scale, bias, mask, reshape) or after it.
 _SCORE_OPS = {"Add", "Div", "Mul", "Where", "Reshape", "Sub"}
 _PROB_OPS = {"Where", "IsNaN", "Reshape", "Cast"}

@@ -38,8 +38,12 @@ class _Builder:
         return self("Constant", value=ir.tensor(array))
 
 
-def pooled_features(hidden_BSD: ir.Value, mask_BS: ir.Value, *, prefix: str = "key.") -> tuple[list[ir.Node], ir.Value]:
-    """Nodes computing float32 [B, F] key features; mask_BS is int64 (1 = real token)."""
+def pooled_features(hidden_BSD: ir.Value, mask_BS: ir.Value, *, opset: int = 18,
+                    prefix: str = "key.") -> tuple[list[ir.Node], ir.Value]:
+    """Nodes computing float32 [B, F] key features; mask_BS is int64 (1 = real token).
+
+    opset: the model's default-domain opset (13 or later); every node is valid there.
+    """
     op = _Builder(prefix)
     mask = op("Cast", mask_BS, to=ir.DataType.FLOAT)                                   # [B, S]
     n = op("ReduceSum", mask, op.const(np.array([1], np.int64)), keepdims=1)          # [B, 1]
@@ -57,11 +61,15 @@ def pooled_features(hidden_BSD: ir.Value, mask_BS: ir.Value, *, prefix: str = "k
     weights = op("Div", op("Mul", op("Cast", inside, to=ir.DataType.FLOAT), real),
                  op("Unsqueeze", op("Sub", end, start), axis))                         # [B, P, S]
     means = op("MatMul", weights, hidden_BSD)                                          # [B, P, D]
-    d = op("Shape", hidden_BSD, start=2)                                               # [1] = D
+    # Shape + Slice, not Shape(start=2): Shape's start needs opset 15.
+    d = op("Slice", op("Shape", hidden_BSD), axis, op.const(np.array([3], np.int64)))  # [1] = D: shape[2:3]
     group = op.const(np.array([POOL_HIDDEN], np.int64))
     d_used = op("Mul", op("Div", d, group), group)
     used = op("Slice", means, op.const(np.array([0], np.int64)), d_used, axis)         # [B, P, D']
     grouped = op("Reshape", used, op.const(np.array([0, 0, -1, POOL_HIDDEN], np.int64)))
-    pooled = op("ReduceMean", grouped, op.const(np.array([3], np.int64)), keepdims=0)  # [B, P, D'/G]
+    if opset >= 18:
+        pooled = op("ReduceMean", grouped, op.const(np.array([3], np.int64)), keepdims=0)  # [B, P, D'/G]
+    else:  # axes were an attribute before opset 18
+        pooled = op("ReduceMean", grouped, axes=[3], keepdims=0)
     features = op("Reshape", pooled, op.const(np.array([0, -1], np.int64)))            # [B, F]
     return op.nodes, features

@@ -67,7 +67,10 @@ class MemoAttentionRule(pattern.RewriteRuleClassBase):
             scores,
         ])
         probs = op.Softmax(scores, _outputs=["probs"])
-        probs = pattern.OrValue([op.Where(op.IsNaN(probs), 0.0, probs), probs])
+        # NaN guard: a scalar 0 in torchlib's SDPA (dynamo), a [1]-shaped 0 in torch.onnx's
+        # TorchScript SDPA symbolic with a boolean mask (torch 2.13, dynamo=False).
+        zero = pattern.OrValue([pattern.Constant(0.0), pattern.Constant([0.0])])
+        probs = pattern.OrValue([op.Where(op.IsNaN(probs), zero, probs), probs])
         probs = pattern.OrValue([op.Reshape(probs, pattern.ANY_VALUE), probs])
         return op.MatMul(probs, value)
 
@@ -136,7 +139,8 @@ def _layer_input(sl: Slice) -> ir.Value | None:
 
     Walk up from Q@K^T's query side, always following the first input that is
     computed at run time, until a MatMul/Gemm with a constant operand (the
-    projection). The walk may leave the slice: when something outside the slice
+    projection; for an int8 model, the float input its activations were
+    quantized from). The walk may leave the slice: when something outside the slice
     also reads Q (DeBERTa's legacy export branches on Q's shape in an If), Q is
     a slice input, but the memo key must still be the layer's input.
     """
@@ -148,6 +152,9 @@ def _layer_input(sl: Slice) -> ir.Value | None:
         activations = [v for v in node.inputs if v is not None and not _is_constant(v)]
         if node.op_type in ("MatMul", "Gemm") and len(activations) == 1:
             return activations[0]
+        if node.op_type == "MatMulInteger":  # quantize_dynamic: MatMulInteger(DynamicQuantizeLinear(hidden), W_int8)
+            quantize = node.inputs[0].producer()
+            return quantize.inputs[0] if quantize is not None and quantize.op_type == "DynamicQuantizeLinear" else None
         value = activations[0] if activations else None
     return None
 

@@ -77,7 +77,8 @@ def build_function(
     context = ir.Value(name="learned.context", type=_FLOAT)
     still = ir.Value(name="learned.still_hitting", type=ir.TensorType(ir.DataType.BOOL))
     learned = ir.Node("", "If", [use_memo.outputs[0]], [
-        ir.AttrGraph("then_branch", _lookup_graph(core, post, outer, f_hidden, f_mask)),
+        ir.AttrGraph("then_branch", _lookup_graph(core, post, outer, f_hidden, f_mask,
+                                                  opset=default_opset(opset_imports))),
         ir.AttrGraph("else_branch", _exact_graph(core, post, outer, still=f_still)),
     ], outputs=[context, still])
     not_doc = ir.Graph([], [context, still], nodes=[use_memo, learned], name="learned_key")
@@ -178,7 +179,7 @@ def _exact_graph(core: Slice, post: Slice, outer: dict[ir.Value, ir.Value], *, p
 
 
 def _lookup_graph(core: Slice, post: Slice, outer: dict[ir.Value, ir.Value],
-                  hidden: ir.Value, mask: ir.Value | None) -> ir.Graph:
+                  hidden: ir.Value, mask: ir.Value | None, *, opset: int) -> ir.Graph:
     """hit, any_hit, all_hit, P_u16 = MemoLookup(pool(hidden, mask), mask), then <reuse>.
 
     P_u16 is unorm16: decoded by a Cast, and the 1/65535 applied to the small P·V result
@@ -186,7 +187,7 @@ def _lookup_graph(core: Slice, post: Slice, outer: dict[ir.Value, ir.Value],
     """
     nodes = _mask_i64(hidden, mask)
     mask_i64 = nodes[-1].outputs[0]
-    pooling, features = pooled_features(hidden, mask_i64)
+    pooling, features = pooled_features(hidden, mask_i64, opset=opset)
     nodes += pooling
     lookup = ir.Node(RUNTIME_DOMAIN, "MemoLookup", [features, mask_i64], _ref_attrs(),
                      outputs=[ir.Value(name=n) for n in ("hit_B111", "any_hit", "all_hit", "stored_u16")])
@@ -267,11 +268,21 @@ def _mask_i64(hidden: ir.Value, mask: ir.Value | None, *, prefix: str = "") -> l
     if mask is not None:
         return [ir.Node("", "Cast", [mask], [ir.AttrInt64("to", ir.DataType.INT64)],
                         outputs=[ir.Value(name=f"{prefix}mask_i64")])]
-    batch_seq = ir.Node("", "Shape", [hidden], [ir.AttrInt64("end", 2)], outputs=[ir.Value(name=f"{prefix}batch_seq")])
+    # Shape + Slice rather than Shape(end=2), which needs opset 15.
+    shape = ir.Node("", "Shape", [hidden], outputs=[ir.Value(name=f"{prefix}hidden_shape")])
+    bounds = [ir.Node("", "Constant", [], [ir.AttrTensor("value", ir.tensor(np.array([i], np.int64)))],
+                      outputs=[ir.Value(name=f"{prefix}shape_{i}")]) for i in (0, 2)]
+    batch_seq = ir.Node("", "Slice", [shape.outputs[0], *(b.outputs[0] for b in bounds)],
+                        outputs=[ir.Value(name=f"{prefix}batch_seq")])
     ones = ir.Node("", "ConstantOfShape", [batch_seq.outputs[0]],
                    [ir.AttrTensor("value", ir.tensor([1], dtype=ir.DataType.INT64))],
                    outputs=[ir.Value(name=f"{prefix}mask_i64")])
-    return [batch_seq, ones]
+    return [shape, *bounds, batch_seq, ones]
+
+
+def default_opset(opset_imports: dict[str, int]) -> int:
+    """The model's ONNX (default-domain) opset, however the exporter spelled the domain."""
+    return opset_imports.get("", opset_imports.get("ai.onnx", 18))
 
 
 def copy_slice(sl: Slice, outer: dict[ir.Value, ir.Value], *, prefix: str) -> tuple[list[ir.Node], ir.Value]:
