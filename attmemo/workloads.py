@@ -1,11 +1,14 @@
 """Deterministic evaluation workloads: texts to build a memo database from, and queries.
 
-Four workloads, the cases the notes single out (../shared/notes/attmemo.md, "What we
-measured on real text"):
+Five workloads, the cases the notes single out (../shared/notes/attmemo.md, "What we
+measured on real text", and reuse-under-edits.md):
 
 - ``diverse``: BBC News documents vs other BBC News documents (no reuse expected);
 - ``edited``: BBC News documents vs the same documents after small in-place edits
   (the re-embedding-after-edit case, where reuse is real);
+- ``revised``: BBC News documents vs the same documents after realistic revisions:
+  words and short phrases inserted, deleted or replaced by ones of another length,
+  numbers and dates changed freely, so token positions shift (reuse needs an alignment);
 - ``templated``: messages from a few templates with filled slots (generated here);
 - ``short``: BBC News headlines vs other headlines.
 
@@ -19,7 +22,8 @@ half and the queries from the other, labels in turn.
 Edits are made for the BERT uncased WordPiece vocabulary (MiniLM, BERT): a swapped
 word and its replacement are both one token there, and a number is changed only
 where the new digits tokenize to as many pieces as the old ones, so positions stay
-aligned. Everything is pure Python and seeded: the same arguments give the same texts.
+aligned. Revisions do the opposite on purpose. Everything is pure Python and seeded:
+the same arguments give the same texts.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-WORKLOADS = ("diverse", "edited", "templated", "short")
+WORKLOADS = ("diverse", "edited", "revised", "templated", "short")
 WORD_RATE = 0.03      # share of a text's words swapped in the edited workload
 NUMBER_RATE = 0.5     # chance that each eligible number, month or weekday is changed
 
@@ -59,6 +63,8 @@ def make_workload(name: str, *, stored: int, queries: int, seed: int = 0) -> Wor
         return _templated(stored=stored, queries=queries, seed=seed)
     if name == "edited":
         return _edited(stored=stored, queries=queries, seed=seed)
+    if name == "revised":
+        return _revised(stored=stored, queries=queries, seed=seed)
     headlines = name == "short"
     db_pool, query_pool = split_bbc(headlines=headlines, seed=seed)
     db, query = _take(db_pool, stored, name), _take(query_pool, queries, name)
@@ -246,9 +252,7 @@ def _other_number(digits: str, rng: random.Random) -> str | None:
 
 
 def _edited(*, stored: int, queries: int, seed: int) -> Workload:
-    if queries > stored:
-        raise ValueError(f"the edited workload edits stored documents, so queries ({queries}) "
-                         f"must be at most stored ({stored}).")
+    _check_edits("edited", stored=stored, queries=queries)
     db, _ = split_bbc(seed=seed)
     db = _take(db, stored, "edited")
     rng = random.Random(f"edited-{seed}")
@@ -257,6 +261,85 @@ def _edited(*, stored: int, queries: int, seed: int) -> Workload:
     return Workload("edited", [t for t, _ in db], labels, edited, labels[:queries],
                     f"BBC News documents: {stored} in the database; queries are the first {queries} of them "
                     f"with {WORD_RATE:.0%} of words swapped in place and some numbers and dates changed")
+
+
+def _check_edits(name: str, *, stored: int, queries: int) -> None:
+    if queries > stored:
+        raise ValueError(f"the {name} workload edits stored documents, so queries ({queries}) "
+                         f"must be at most stored ({stored}).")
+
+
+# --- revised: edits that shift token positions --------------------------------------------
+
+REVISION_EDITS = (2, 5)   # edits per document, inclusive range, besides numbers and dates
+REVISION_WINDOW = 170     # edits fall among the first words: ~250 BERT tokens, visible at 256
+# What an editor adds or puts in place of a word or two: 1-4 words, usually another token count.
+PHRASES = (
+    "reportedly", "however", "on Monday", "last year", "in a statement", "it said", "as expected",
+    "according to officials", "for the first time", "in recent weeks", "by a wide margin", "once again",
+    "analysts said", "at the time", "in the end", "so far this year", "the BBC understands",
+    "earlier this month", "despite the criticism", "a spokesman confirmed",
+)
+_SPAN = re.compile(r"\S+")
+
+
+def revise_text(text: str, *, rng: random.Random, edits: tuple[int, int] = REVISION_EDITS,
+                number_rate: float = NUMBER_RATE) -> str:
+    """``text`` after a revision that shifts token positions, not in place (compare ``edit_text``).
+
+    Between edits[0] and edits[1] edits at distinct places among the first REVISION_WINDOW
+    whitespace words, each one of: insert a phrase of PHRASES before a word; delete 1-3
+    words; replace 1-2 words by a phrase with another word count. Besides, each standalone
+    number is changed with probability ``number_rate`` to another of any digit count (a
+    year 1900-2029 to another year), and each month or weekday name to another.
+    """
+    words = list(_SPAN.finditer(text))
+    changes: dict[tuple[int, int], str] = {}
+    window = max(2, min(len(words), REVISION_WINDOW) // 4)
+    # Places 4 words apart, so no two edits touch the same word.
+    for place in sorted(rng.sample(range(1, window), min(window - 1, rng.randint(*edits)))):
+        at = 4 * place - rng.randint(0, 3)
+        if at >= len(words):
+            continue
+        kind = rng.choice(("insert", "delete", "replace"))
+        if kind == "insert":
+            changes[(words[at].start(), words[at].start())] = rng.choice(PHRASES) + " "
+            continue
+        span = rng.randint(1, 3 if kind == "delete" else 2)
+        last = words[min(at + span, len(words)) - 1]
+        if kind == "delete":   # the words and the space after them
+            end = words[at + span].start() if at + span < len(words) else last.end()
+            changes[(words[at].start(), end)] = ""
+        else:
+            phrase = rng.choice([p for p in PHRASES if len(p.split()) != span])
+            changes[(words[at].start(), last.end())] = phrase
+    for m in _standalone(_NUMBER, text):
+        if rng.random() < number_rate and not any(a <= m.start() < b for a, b in changes):
+            value = int(m.group())
+            new = rng.randint(1900, 2029) if len(m.group()) == 4 and 1900 <= value <= 2029 \
+                else rng.randint(0, 10 ** rng.randint(1, 4) - 1)
+            changes[m.span()] = str(new)
+    for m in _standalone(_WORD, text):
+        names = MONTHS if m.group() in MONTHS else WEEKDAYS if m.group() in WEEKDAYS else None
+        if names and rng.random() < number_rate and not any(a <= m.start() < b for a, b in changes):
+            changes[m.span()] = rng.choice([n for n in names if n != m.group()])
+    for (start, end), new in sorted(changes.items(), reverse=True):
+        text = text[:start] + new + text[end:]
+    return text
+
+
+def _revised(*, stored: int, queries: int, seed: int) -> Workload:
+    _check_edits("revised", stored=stored, queries=queries)
+    db, _ = split_bbc(seed=seed)
+    db = _take(db, stored, "revised")
+    rng = random.Random(f"revised-{seed}")
+    revised = [revise_text(text, rng=rng) for text, _ in db[:queries]]
+    labels = [label for _, label in db]
+    low, high = REVISION_EDITS
+    return Workload("revised", [t for t, _ in db], labels, revised, labels[:queries],
+                    f"BBC News documents: {stored} in the database; queries are the first {queries} of them "
+                    f"revised: {low}-{high} words or short phrases inserted, deleted or replaced by ones of "
+                    f"another length (positions shift), and some numbers and dates changed freely")
 
 
 # --- templated: generated messages ------------------------------------------------------
