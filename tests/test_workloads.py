@@ -154,6 +154,32 @@ def test_a_revision_edits_a_few_places_and_changes_numbers_and_dates_freely():
     assert 1900 <= int(numbers_only[3].rstrip(",")) <= 2029 and numbers_only[3] != "2004,"
 
 
+def _same_length_pairs(tokenizer, messages) -> float:
+    """Mean over templates of the share of pairs of its messages with equal token counts."""
+    counts: dict[str, list[int]] = {}
+    for text, name in messages:
+        counts.setdefault(name, []).append(_token_count(tokenizer, text))
+    shares = []
+    for c in counts.values():
+        pairs = [(a, b) for i, a in enumerate(c) for b in c[i + 1:]]
+        shares.append(sum(a == b for a, b in pairs) / len(pairs))
+    return statistics.mean(shares)
+
+
+def test_templated_fills_have_varying_token_counts_so_fills_are_not_position_aligned(tokenizer):
+    variable = workloads.generate_messages(70)
+    assert [t for t, _ in variable] == make_workload("templated", stored=70, queries=1).stored
+    assert _same_length_pairs(tokenizer, variable) <= 0.2                                   # measured: 0.137
+    assert _same_length_pairs(tokenizer, workloads.generate_messages(70, variable=False)) >= 0.25  # 0.292
+
+
+def test_the_fills_before_issue_12_remain_available_unchanged():
+    assert workloads.generate_messages(1, variable=False)[0][0] == (
+        "Hi Robert, thank you for your order #3847416 placed on July 2. We have received your payment of $68.74 "
+        "for 3 x running shoes. Your order will ship within 2 business days to Lyon. If you have any questions, "
+        "reply to this email or call us at 988-596-8151. The Parcelo Team")
+
+
 def test_corpus_file_is_what_build_db_reads(tmp_path):
     w = make_workload("short", stored=12, queries=4)
     path = write_corpus(w, tmp_path / "short.jsonl")
