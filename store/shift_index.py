@@ -47,7 +47,9 @@ KEY_DIM = 32
 KEY_TOKENS = 128
 SHINGLE = 3
 TREES = 30
-SEARCH_K = 1000
+FIRST_SEARCH_K = 100   # the narrow search tried first: finds most near duplicates (~50 us)
+SEARCH_K = 1000        # the wide one, when the narrow one found nothing good enough
+ENOUGH = 0.9           # a share that ends the search: a better candidate is unlikely
 METRIC = "angular"
 # Odd 64-bit multipliers (from splitmix64) mixing the ids of one n-gram into a hash.
 _MIX = np.array([0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB], dtype=np.uint64)
@@ -144,20 +146,24 @@ class ShiftIndex:
                 min_share: float = 0.0) -> ShiftMatch | None:
         """The stored text best aligned with ``query_ids`` (1-d integer ids) among the key's nearest.
 
-        Aligns the ``candidates`` nearest keys (Annoy examining ``search_k`` nodes;
-        nearest first) and keeps the highest share (the nearer key on a tie); stops
-        early at a share of 1. Returns None when the best share is below ``min_share``.
+        First aligns the nearest key found by a narrow search (FIRST_SEARCH_K nodes);
+        if its share is below ENOUGH, aligns the ``candidates`` nearest keys of a wide
+        search (``search_k`` nodes), nearest first. Keeps the highest share (the first
+        found on a tie). Returns None when the best share is below ``min_share``.
         """
         query = np.asarray(query_ids)
-        key = shift_key(query, dim=self.dim, shingle=self.shingle)
+        key = shift_key(query, dim=self.dim, shingle=self.shingle).tolist()
         query = query.tolist()   # once, not per candidate (store/align.py)
-        rows, distances = self._index.get_nns_by_vector(key.tolist(), candidates, search_k=search_k,
-                                                         include_distances=True)
-        best = None
-        for row, distance in zip(rows, distances):
-            alignment = align(query, self.tokens(row))
-            if best is None or alignment.share > best.share:
-                best = ShiftMatch(row, alignment.share, alignment, distance)
-                if best.share == 1.0:
-                    break
+        best, seen = None, set()
+        for k, nodes in ((1, min(FIRST_SEARCH_K, search_k)), (candidates, search_k)):
+            rows, distances = self._index.get_nns_by_vector(key, k, search_k=nodes, include_distances=True)
+            for row, distance in zip(rows, distances):
+                if row in seen:
+                    continue
+                seen.add(row)
+                alignment = align(query, self.tokens(row))
+                if best is None or alignment.share > best.share:
+                    best = ShiftMatch(row, alignment.share, alignment, distance)
+            if best is not None and best.share >= ENOUGH:
+                break
         return best if best is not None and best.share >= min_share else None
