@@ -16,15 +16,17 @@ first KEY_TOKENS ids are keyed, so a stored text longer than the query window
 proposes; the alignment decides, and its share is what callers gate on.
 
 Measured on 100,000 synthetic texts (benchmarks/shift_lookup.py, docs/benchmarks.md):
-Annoy's angular trees need a wide search for these keys (default search_k = trees
-x k finds ~66 % of edited texts' sources; SEARCH_K = 1000 over 30 trees ~98 %), and
-32 dims did as well as 64 at half the index size.
+Annoy's angular trees need a wide search for these keys (10 trees searched the default
+trees x k nodes found the source of ~66 % of edited texts; 30 trees and 1000 nodes,
+~98 %, 99 % of those whose source aligns at >= 0.9), and 32 dims did as well as 64 at
+half the index size. Most near duplicates are found by a narrow first search, so
+only misses pay the wide one.
 
 Stored texts may have any length. On disk, in one folder:
     shift.ann        Annoy index, item i = text i (built on disk, loaded by mmap)
     tokens.i32       every text's ids, concatenated (int32, read by mmap)
     offsets.npy      int64[N + 1]: text i is tokens[offsets[i]:offsets[i + 1]]
-    shift.json       {"dim", "shingle", "count"}
+    shift.json       {"dim", "shingle", "key_tokens", "count"}
 ``build`` streams: one text at a time is hashed, appended to tokens.i32 and
 added to an index being built in its file, so memory holds the offsets and
 what Annoy needs, never the token arrays.
@@ -55,12 +57,12 @@ METRIC = "angular"
 _MIX = np.array([0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB], dtype=np.uint64)
 
 
-def shift_key(ids, *, dim: int = KEY_DIM, shingle: int = SHINGLE) -> np.ndarray:
+def shift_key(ids, *, dim: int = KEY_DIM, shingle: int = SHINGLE, key_tokens: int = KEY_TOKENS) -> np.ndarray:
     """float32[dim] unit-length key of ``ids`` (1-d integer token ids, any length >= 1).
 
-    Keys the first KEY_TOKENS ids; a text shorter than ``shingle`` tokens is keyed by its shorter n-grams.
+    Keys the first ``key_tokens`` ids; a text shorter than ``shingle`` tokens is keyed by its shorter n-grams.
     """
-    ids = np.asarray(ids, dtype=np.uint64)[:KEY_TOKENS]
+    ids = np.asarray(ids, dtype=np.uint64)[:key_tokens]
     if ids.ndim != 1 or len(ids) == 0:
         raise ValueError(f"a shift key needs a non-empty 1-d sequence of token ids, got shape {ids.shape}.")
     width = min(shingle, len(ids))
@@ -78,8 +80,8 @@ def shift_key(ids, *, dim: int = KEY_DIM, shingle: int = SHINGLE) -> np.ndarray:
     return key / norm if norm > 0 else key
 
 
-def build(texts: Iterable, folder: Path, *, dim: int = KEY_DIM, shingle: int = SHINGLE, trees: int = TREES,
-          seed: int = 0) -> int:
+def build(texts: Iterable, folder: Path, *, dim: int = KEY_DIM, shingle: int = SHINGLE,
+          key_tokens: int = KEY_TOKENS, trees: int = TREES, seed: int = 0) -> int:
     """Write a shift index of ``texts`` (an iterable of 1-d integer id arrays, text i = item i) to ``folder``.
 
     Returns the number of texts. Reproducible for a given seed (single-threaded build).
@@ -93,7 +95,7 @@ def build(texts: Iterable, folder: Path, *, dim: int = KEY_DIM, shingle: int = S
     with open(folder / "tokens.i32", "wb") as tokens:
         for row, ids in enumerate(texts):
             ids = np.asarray(ids)
-            index.add_item(row, shift_key(ids, dim=dim, shingle=shingle).tolist())
+            index.add_item(row, shift_key(ids, dim=dim, shingle=shingle, key_tokens=key_tokens).tolist())
             tokens.write(ids.astype("<i4").tobytes())
             offsets.append(offsets[-1] + len(ids))
     if len(offsets) == 1:
@@ -101,7 +103,8 @@ def build(texts: Iterable, folder: Path, *, dim: int = KEY_DIM, shingle: int = S
     index.build(trees, n_jobs=1)   # one job: builds are reproducible only single-threaded
     index.unload()
     np.save(folder / "offsets.npy", np.asarray(offsets, np.int64))
-    (folder / "shift.json").write_text(json.dumps({"dim": dim, "shingle": shingle, "count": len(offsets) - 1}))
+    (folder / "shift.json").write_text(json.dumps({"dim": dim, "shingle": shingle, "key_tokens": key_tokens,
+                                                         "count": len(offsets) - 1}))
     return len(offsets) - 1
 
 
@@ -121,6 +124,7 @@ class ShiftIndex:
         try:
             meta = json.loads((folder / "shift.json").read_text())
             self.dim, self.shingle, count = int(meta["dim"]), int(meta["shingle"]), int(meta["count"])
+            self.key_tokens = int(meta["key_tokens"])
             self._offsets = np.load(folder / "offsets.npy", allow_pickle=False)
             self._tokens = np.memmap(folder / "tokens.i32", dtype="<i4", mode="r")
         except (OSError, ValueError, KeyError, TypeError) as error:
@@ -152,7 +156,7 @@ class ShiftIndex:
         found on a tie). Returns None when the best share is below ``min_share``.
         """
         query = np.asarray(query_ids)
-        key = shift_key(query, dim=self.dim, shingle=self.shingle).tolist()
+        key = shift_key(query, dim=self.dim, shingle=self.shingle, key_tokens=self.key_tokens).tolist()
         query = query.tolist()   # once, not per candidate (store/align.py)
         best, seen = None, set()
         for k, nodes in ((1, min(FIRST_SEARCH_K, search_k)), (candidates, search_k)):

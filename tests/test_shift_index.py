@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from attmemo.store.manifest import MemoDatabaseError
-from attmemo.store.shift_index import KEY_DIM, ShiftIndex, build, shift_key
+from attmemo.store.shift_index import KEY_DIM, KEY_TOKENS, ShiftIndex, build, shift_key
 
 LENGTHS = [24, 80, 40, 64, 32, 48, 56, 72]
 TEXTS = [np.random.default_rng(row).integers(1000, 30000, n) for row, n in enumerate(LENGTHS)]
@@ -86,3 +86,9 @@ def test_damaged_or_mismatched_files_are_refused_in_one_sentence(tmp_path):
         ShiftIndex(tmp_path)
     with pytest.raises(ValueError, match="at least one stored text"):
         build([], tmp_path / "empty")
+
+
+def test_only_the_first_key_tokens_are_keyed_so_a_longer_stored_text_keys_like_its_window():
+    long = np.random.default_rng(7).integers(1000, 30000, 300)
+    assert np.array_equal(shift_key(long), shift_key(long[:KEY_TOKENS]))
+    assert not np.array_equal(shift_key(long), shift_key(long[:KEY_TOKENS - 1]))
