@@ -441,7 +441,7 @@ def _variable_fill(rng: random.Random, slots: dict[str, str]) -> dict[str, str]:
     whole = rng.randint(1, 10 ** rng.randint(1, 5) - 1)
     new.update(amount=f"${whole:,}.{rng.randint(0, 99):02d}",
                address=f"{rng.randint(1, 10 ** rng.randint(1, 4) - 1)} {new['street']}, {new['city']}",
-               email="{}.{}@example.com".format(*(re.sub(r"[^a-z]", "", n.lower()) for n in (new["first"], new["last"]))))
+               email="{}.{}@example.com".format(*(re.sub(r"[^a-z]", "", new[k].lower()) for k in ("first", "last"))))
     return {**slots, **new}
 
 

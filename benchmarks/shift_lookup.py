@@ -1,6 +1,7 @@
 """Shift-tolerant lookup at scale (issue 12): 100,000 stored texts, edited and unrelated queries.
 
-    python benchmarks/shift_lookup.py [--texts 100000] [--queries 2000] [--candidates 2] [--trees 30] [--search-k 1000] [--folder DIR]
+    python benchmarks/shift_lookup.py [--texts 100000] [--queries 2000] [--candidates 2] [--trees 30]
+                                      [--search-k 1000] [--folder DIR]
 
 Stored texts: seeded synthetic token sequences of 50-512 ids drawn from a Zipf-like
 distribution over a 30,000-id vocabulary (so common ids repeat, as in real text).
@@ -95,7 +96,8 @@ def main() -> None:
     for name, qs in (("edited", queries), ("unrelated", unrelated)):
         ms, matches = timed(index, qs, args.candidates, args.search_k)
         shares = np.array([m.share for m in matches])
-        line = (f"{name:9s} lookup+verification (k={args.candidates}, search_k={args.search_k}): median {np.median(ms):.3f} ms, "
+        line = (f"{name:9s} lookup+verification (k={args.candidates}, search_k={args.search_k}): "
+                f"median {np.median(ms):.3f} ms, "
                 f"p99 {np.percentile(ms, 99):.3f} ms, max {ms.max():.3f} ms; share mean {shares.mean():.3f} "
                 f"min {shares.min():.3f} max {shares.max():.3f}")
         if name == "edited":

@@ -25,7 +25,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)   # arrays: == would be ambiguous
 class Alignment:
     stored_of_query: np.ndarray   # int64[n]: a(i), -1 for an inserted query token
     query_of_stored: np.ndarray   # int64[m]: b(k), -1 for a stored token the query lost

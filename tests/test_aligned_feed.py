@@ -84,8 +84,8 @@ def test_the_graph_equals_the_explicit_remapped_attention_times_v(sessions, edit
     stored = {layer: _stored_probs(layer) for layer in (0, 1)}
     got = aligned.run(None, {**_text_feeds(query), **alignment_feeds(alignment),
                              **{f"attmemo.stored_probs.{k}": p[None] for k, p in stored.items()}})[0]
-    want = oracle.run(None, {**_text_feeds(query),
-                             **{f"attmemo.probs.{k}": remapped_probs(p, alignment)[None] for k, p in stored.items()}})[0]
+    remapped = {f"attmemo.probs.{k}": remapped_probs(p, alignment)[None] for k, p in stored.items()}
+    want = oracle.run(None, {**_text_feeds(query), **remapped})[0]
     assert got.shape == (1, len(query), 64)
     np.testing.assert_allclose(got, want, atol=1e-5)
 
@@ -99,3 +99,20 @@ def test_a_constant_scale_on_the_stored_attention_cancels(sessions):
     scaled = {name: p * np.float32(65535) for name, p in plain.items()}
     np.testing.assert_allclose(aligned.run(None, {**feeds, **scaled})[0], aligned.run(None, {**feeds, **plain})[0],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_a_float16_store_is_cast_natively_and_gives_what_its_values_in_float32_give(sessions, tiny_model,
+                                                                                    tmp_path):
+    from attmemo.export.memo_export import export_memo_model
+
+    aligned, _ = sessions
+    export_memo_model(tiny_model("bert")[0], tmp_path / "bert.memo.onnx")
+    model = ir.load(tmp_path / "bert.memo.onnx")
+    aligned_fed_model(model, [0, 1], fed_dtype=np.float16)
+    half = ort.InferenceSession(ir.serde.serialize_model(model).SerializeToString())
+    query = EDITS["phrase replaced by a longer one"]
+    feeds = {**_text_feeds(query), **alignment_feeds(align(query, STORED_IDS))}
+    stored = {f"attmemo.stored_probs.{k}": _stored_probs(k)[None].astype(np.float16) for k in (0, 1)}
+    widened = {name: p.astype(np.float32) for name, p in stored.items()}
+    np.testing.assert_allclose(half.run(None, {**feeds, **stored})[0], aligned.run(None, {**feeds, **widened})[0],
+                               atol=1e-5)
