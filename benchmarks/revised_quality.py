@@ -8,8 +8,8 @@ revisions. Each query looks up the shift index (store/shift_index.py) built over
 stored texts, and the aligned fed model (transforms/aligned_feed.py, every layer served)
 runs with the found text's true attention. Prints the cosine of the mean-pooled
 sentence embedding to exact (mean / p1 / min), next to the aligned share and to the
-nearest-stored-output alternative, and the total time of the aligned fed model over
-the unmodified model (interleaved rounds, intra-op spinning off in both). Prints; run once.
+nearest-stored-output alternative, and the total time of the aligned fed model and of
+the oracle over the unmodified model (interleaved rounds, intra-op spinning off in both). Prints; run once.
 """
 
 from __future__ import annotations
@@ -51,17 +51,26 @@ def main() -> None:
         ir.save(model, aligned_path)
     plain = ort.InferenceSession(str(paths["plain"]), quiet_session_options())
     aligned = ort.InferenceSession(str(aligned_path), quiet_session_options())
+    oracle = ort.InferenceSession(str(paths["oracle"]), quiet_session_options())
     names = {i.name for i in plain.get_inputs()}
 
     w = make_workload("revised", stored=args.texts, queries=args.texts)
     tokenizer = load_tokenizer(paths["memo"], {})
-    ids = lambda text: np.asarray(tokenizer(text, truncation=True, max_length=MAX_LENGTH)["input_ids"], np.int64)  # noqa: E731
+
+    def ids(text: str) -> np.ndarray:
+        return np.asarray(tokenizer(text, truncation=True, max_length=MAX_LENGTH)["input_ids"], np.int64)
+
+    def feed(x: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v for k, v in unpadded_inputs(x[None]).items() if k in names}
+
+    def embed(tokens_1nD: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return sentence_embedding(tokens_1nD, np.ones((1, len(x))))[0]
+
     stored, queries = [ids(t) for t in w.stored], [ids(t) for t in w.queries]
-    feed = lambda x: {k: v for k, v in unpadded_inputs(x[None]).items() if k in names}  # noqa: E731
-    embed = lambda out, x: sentence_embedding(out, np.ones((1, len(x))))[0]  # noqa: E731
     with tempfile.TemporaryDirectory() as scratch:
         recorder = Recorder(paths["memo"], Path(scratch))
         probs = [{layer: p for layer, (_, p) in recorder.run(x).items()} for x in stored]
+        own = [{f"attmemo.probs.{layer}": p[None] for layer, (_, p) in recorder.run(x).items()} for x in queries]
         shift_index.build(stored, Path(scratch) / "shift", seed=0)
         index = shift_index.ShiftIndex(Path(scratch) / "shift")
         matches = [index.nearest(q) for q in queries]
@@ -86,16 +95,17 @@ def main() -> None:
         if kept.any():
             print(f"  aligned share >= {low}: {kept.mean():.0%} of queries, cosine mean {cosine[kept].mean():.4f} "
                   f"min {cosine[kept].min():.4f}")
-    totals = {"baseline": 0.0, "aligned": 0.0}
+    totals = {"baseline": 0.0, "aligned": 0.0, "oracle": 0.0}
     start = time.perf_counter()
-    for q, r in zip(queries, rows):
-        t = interleaved({"baseline": plain, "aligned": aligned}, feed(q), baseline="baseline", rounds=args.rounds,
-                        extra_feeds={"aligned": r[5]})
+    for q, r, true_probs in zip(queries, rows, own):
+        t = interleaved({"baseline": plain, "aligned": aligned, "oracle": oracle}, feed(q), baseline="baseline",
+                        rounds=args.rounds, extra_feeds={"aligned": r[5], "oracle": true_probs})
         for name in totals:
             totals[name] += t.median_ms[name]
     print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"  latency: aligned fed model / unmodified model, total of per-query medians over {args.rounds} "
-          f"interleaved rounds: {totals['aligned'] / totals['baseline']:.3f} "
+          f"interleaved rounds: {totals['aligned'] / totals['baseline']:.3f}; the oracle (each query's own "
+          f"attention for free) {totals['oracle'] / totals['baseline']:.3f} "
           f"({totals['aligned']:.0f} / {totals['baseline']:.0f} ms; timing took {time.perf_counter() - start:.0f} s)")
 
 
