@@ -19,7 +19,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from .session import session_options
-from .store.recorder import unpadded_inputs
+from .builder.recorder import unpadded_inputs
 
 log = logging.getLogger(__name__)
 

@@ -313,7 +313,7 @@ class _Runner:
         from attmemo.bench import quiet_session_options
         from attmemo.session import exact_model, mismatch, private_model, rewritten_model_bytes, session_options
         from attmemo.store import MemoDatabaseError
-        from attmemo.store.recorder import load_tokenizer
+        from attmemo.builder.recorder import load_tokenizer
 
         metadata = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
         if (problem := mismatch(database, metadata)) is not None:   # the check every session makes

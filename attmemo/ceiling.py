@@ -100,7 +100,7 @@ def record_best_match(model_path: str | Path, stored_ids: Sequence[np.ndarray], 
     12 heads at 256 tokens on the 2-core development machine, plus one model run per query
     and per stored text per chunk.
     """
-    from attmemo.store.recorder import Recorder
+    from attmemo.builder.recorder import Recorder
 
     stored_ids, query_ids = list(stored_ids)[:sample], list(query_ids)[:sample]
     with tempfile.TemporaryDirectory(prefix="attmemo-ceiling-", dir=scratch) as tmp:

@@ -213,7 +213,7 @@ def read_onnx(path: str | os.PathLike):
 def model_max_tokens(path: str | os.PathLike, model) -> int | None:
     """The longest sequence ``model`` (read from ``path``) takes: its tokenizer's ``model_max_length``,
     else the row count of its absolute position embedding table; None if neither is known."""
-    from attmemo.store.recorder import load_tokenizer, token_limit
+    from attmemo.builder.recorder import load_tokenizer, token_limit
 
     metadata = {p.key: p.value for p in model.metadata_props}
     try:

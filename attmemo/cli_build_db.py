@@ -11,8 +11,8 @@ from pathlib import Path
 
 def build_db(args) -> int:
     from attmemo.cli import DEFAULT_MAX_LENGTH, check_output_folder, model_max_tokens, read_onnx
-    from attmemo.store.build import build_database, default_db_dir
-    from attmemo.store.recorder import check_memo_metadata
+    from attmemo.builder.build import build_database, default_db_dir
+    from attmemo.builder.recorder import check_memo_metadata
 
     if args.max_length is not None and args.max_length < 2:
         raise ValueError(f"--max-length {args.max_length} is too short; give at least 2 tokens.")
@@ -79,7 +79,7 @@ def _print_self_check(model: str, corpus: str, db: Path, *, max_length: int, tex
 
     from attmemo import InferenceSession
     from attmemo.store.corpus import iter_texts
-    from attmemo.store.recorder import load_tokenizer
+    from attmemo.builder.recorder import load_tokenizer
 
     metadata = {p.key: p.value for p in onnx.load(model, load_external_data=False).metadata_props}
     tokenizer = load_tokenizer(Path(model), metadata)

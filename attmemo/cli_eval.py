@@ -42,7 +42,7 @@ def calibrate_main(args) -> int:
     from attmemo.cli import model_max_tokens, read_onnx
     from attmemo.store import default_db_dir
     from attmemo.store.corpus import iter_records
-    from attmemo.store.recorder import check_memo_metadata
+    from attmemo.builder.recorder import check_memo_metadata
 
     budget = _budget(args.budget)
     if args.limit < 1 or args.rounds < 1 or (args.max_length is not None and args.max_length < 2):

@@ -84,7 +84,7 @@ def evaluate(workload: str, *, max_length: int, workdir: Path, settings: EvalSet
     from attmemo.calibrate import calibrate
     from attmemo.ceiling import cosine_stats
     from attmemo.store import MemoDatabase
-    from attmemo.store.build import build_database
+    from attmemo.builder.build import build_database
     from attmemo.workloads import make_workload, write_corpus
 
     settings = settings.sized_for(workload)
@@ -172,7 +172,7 @@ class _Queries:
 
         from attmemo.bench import quiet_session_options
         from attmemo.session import InferenceSession, session_options
-        from attmemo.store.recorder import load_tokenizer, unpadded_inputs
+        from attmemo.builder.recorder import load_tokenizer, unpadded_inputs
 
         self.paths, self.texts = paths, list(texts)
         tokenizer = load_tokenizer(paths["memo"], {})   # saved beside the model by models()
@@ -207,7 +207,7 @@ class _Queries:
         """Per query, {layer: float32[H, n, n]} of the exact model (recording model)."""
         import tempfile
 
-        from attmemo.store.recorder import Recorder
+        from attmemo.builder.recorder import Recorder
         # The recording model (90 MB for MiniLM) is only needed until its session has loaded it.
         with tempfile.TemporaryDirectory(prefix="attmemo-eval-") as scratch:
             recorder = Recorder(self.paths["memo"], Path(scratch))

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     import attmemo
     from attmemo import bench
     from attmemo.export.memo_export import export_memo_model
-    from attmemo.store.build import build_database
+    from attmemo.builder.build import build_database
     from attmemo.transforms.unfuse import oracle_model, recording_model
 
     work = Path(args.workdir)

@@ -97,7 +97,7 @@ def _workload():
 def _database(model: Path, corpus: Path, workload, folder: Path, *, max_length: int) -> Path:
     """Build (float32, as attmemo eval stores) and calibrate the database of ``model``; return its folder."""
     from attmemo.calibrate import calibrate
-    from attmemo.store.build import build_database
+    from attmemo.builder.build import build_database
 
     if folder.is_dir():  # a rerun on a quieter machine times the same databases (remove the workdir to rebuild)
         print(f"{model.name}: reusing {folder}", flush=True)
@@ -132,7 +132,7 @@ def _feeds(paths: dict[str, Path], texts: list[str], *, max_length: int) -> list
     """Each text as an unpadded batch-1 feed, as attmemo eval runs them."""
     import onnx
 
-    from attmemo.store.recorder import load_tokenizer, unpadded_inputs
+    from attmemo.builder.recorder import load_tokenizer, unpadded_inputs
 
     tokenizer = load_tokenizer(paths["attmemo-fp32"], {})
     names = {i.name for i in onnx.load(str(paths["fp32"]), load_external_data=False).graph.input}

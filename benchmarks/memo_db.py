@@ -59,8 +59,8 @@ def _bench_length(models, docs, *, seq, texts, queries, rounds, workdir, dtype) 
     from attmemo import bench
     from attmemo.custom_ops import registry
     from attmemo.store import MemoDatabase
-    from attmemo.store.build import build_database
-    from attmemo.store.recorder import load_tokenizer
+    from attmemo.builder.build import build_database
+    from attmemo.builder.recorder import load_tokenizer
 
     tokenizer = load_tokenizer(models["memo"], {})
     corpus = workdir / f"bbc{texts}.txt"
@@ -160,7 +160,7 @@ _recorders: dict = {}
 
 
 def _true_probs(models, feed) -> dict[str, np.ndarray]:
-    from attmemo.store.recorder import Recorder
+    from attmemo.builder.recorder import Recorder
     from attmemo.transforms.names import probs_value
     if "r" not in _recorders:
         with tempfile.TemporaryDirectory(prefix="attmemo-bench-") as scratch:

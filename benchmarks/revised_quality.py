@@ -30,10 +30,11 @@ def main() -> None:
     import onnxruntime as ort
 
     from attmemo.bench import interleaved, quiet_session_options
+    from attmemo.transforms.names import fed_input
     from attmemo.embedding import sentence_embedding
     from attmemo.evaluation import models
     from attmemo.store import shift_index
-    from attmemo.store.recorder import Recorder, load_tokenizer, unpadded_inputs
+    from attmemo.builder.recorder import Recorder, load_tokenizer, unpadded_inputs
     from attmemo.transforms.aligned_feed import aligned_fed_model, alignment_feeds
     from attmemo.workloads import make_workload
 
@@ -78,7 +79,7 @@ def main() -> None:
     rows = []
     for i, (q, match) in enumerate(zip(queries, matches)):
         aligned_feed = {**alignment_feeds(match.alignment),
-                        **{f"attmemo.stored_probs.{k}": p[None] for k, p in probs[match.row].items()}}
+                        **{fed_input(k): p[None] for k, p in probs[match.row].items()}}
         exact = embed(plain.run(None, feed(q))[0], q)
         reused = embed(aligned.run(None, {**feed(q), **aligned_feed})[0], q)
         position_equal = np.sum(q[:len(stored[i])] == stored[i][:len(q)]) / len(q)

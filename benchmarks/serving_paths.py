@@ -51,7 +51,7 @@ def database(paths, workload: str, workdir: Path):
     """(calibrated float32 database folder, measured query texts), built once per workdir."""
     from attmemo.calibrate import calibrate
     from attmemo.evaluation import EvalSettings
-    from attmemo.store.build import build_database
+    from attmemo.builder.build import build_database
     from attmemo.workloads import make_workload, write_corpus
 
     settings = EvalSettings().sized_for(workload)
@@ -70,7 +70,7 @@ def serving(paths, workload: str, workdir: Path, *, rounds: int) -> dict:
 
     import attmemo
     from attmemo.bench import quiet_session_options
-    from attmemo.store.recorder import load_tokenizer
+    from attmemo.builder.recorder import load_tokenizer
 
     db, texts = database(paths, workload, workdir)
     tokenizer = load_tokenizer(paths["memo"], {})

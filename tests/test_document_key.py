@@ -150,8 +150,8 @@ def test_a_damaged_document_choice_is_refused_in_one_sentence(documents_only, do
 @pytest.fixture(scope="module")
 def float16_db(tiny_db, tmp_path_factory):
     """The tiny corpus stored as float16 (values.py): a document-key hit feeds the mapping in place."""
-    from attmemo.store.build import build_database
-    from attmemo.store.train import KeyTraining
+    from attmemo.builder.build import build_database
+    from attmemo.builder.train import KeyTraining
 
     model, _, corpus = tiny_db
     db = tmp_path_factory.mktemp("float16") / "bert.memo"

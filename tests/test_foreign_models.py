@@ -159,8 +159,8 @@ def test_int8_model_reuses_stored_attention_end_to_end(int8_bert, tmp_path):
     layer and gives the int8 model's own output (its stored P is its exact P)."""
     from attmemo.export.hf_export import tokenizer_dir_for
     from attmemo.store import serving
-    from attmemo.store.build import build_database
-    from attmemo.store.train import KeyTraining
+    from attmemo.builder.build import build_database
+    from attmemo.builder.train import KeyTraining
     from conftest import TINY_CORPUS
     from tiny_models import sample_inputs
 

@@ -23,7 +23,7 @@ P_s cancels in the division, so a unorm16 store (round(P * 65535), widened) need
 
 Graph inputs added: ROWS int64[n] (r), COLUMNS int64[m] (b, with n where lost),
 shared by every served layer; each served layer's stored P_s [1, H, m, m] comes in
-the input ``fed_model`` names (``attmemo.stored_probs.<layer>``).
+the input ``fed_model`` names (``names.fed_input(layer)``).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import index, keys, pairs as pair_targets, values
-from .layout import index_file, layer_dir, values_file
+from attmemo.store import index, keys, pairs as pair_targets, values
+from attmemo.store.layout import index_file, layer_dir, values_file
 
 
 @dataclasses.dataclass(frozen=True)

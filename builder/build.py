@@ -46,11 +46,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import augment, keys, manifest as manifest_file, values
-from .corpus import iter_texts
-from .database import default_db_dir
-from .layout import lengths_file, tokens_file, values_file
-from .manifest import KeySpec, Manifest, MemoDatabaseError
+from attmemo.store import augment, keys, manifest as manifest_file, values
+from attmemo.store.corpus import iter_texts
+from attmemo.store.database import default_db_dir
+from attmemo.store.layout import lengths_file, tokens_file, values_file
+from attmemo.store.manifest import KeySpec, Manifest, MemoDatabaseError
+
 from .recorder import Recorder, load_tokenizer
 from .train import Corpus, KeyTraining, TrainingPlan, train_and_index
 

@@ -16,7 +16,7 @@ import numpy as np
 from attmemo.custom_ops.registry import MODEL_ID_KEY
 from attmemo.export.hf_export import SOURCE_DIR_KEY
 
-from .manifest import MemoDatabaseError
+from attmemo.store.manifest import MemoDatabaseError
 
 log = logging.getLogger(__name__)
 
