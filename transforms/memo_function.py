@@ -9,19 +9,21 @@ same native kernels as the unmodified export (bit-identical), and wraps them so 
 skips them::
 
     # one MemoGate per run gives use_memo_L, use_doc_L and match_BM
-    context, still_out = If(use_doc_L[layer],                          # the document key serves a sequence here
-        then: hit, any, all, P* = MemoFetch(match_BM, mask)           # P* float32, stored attention
-              <reuse P*>                                              still_out = still_in
-        else: If(use_memo_L[layer] and still_in,                      # a layer where nothing hit ends lookups
-                 then: hit, any, all, P* = MemoLookup(pool(hidden, mask), mask)   # P* uint16
-                       <reuse P* / 65535>                             still_out = any
-                 else: <exact P> @ V                                  still_out = still_in))
+    use_doc = use_doc_L[layer]                                         # the document key serves a sequence here
+    use_memo = use_memo_L[layer] and still_in                          # a layer where nothing hit ends lookups
+    context, still_out = If(use_doc or use_memo,
+        then: If(use_doc,
+                 then: hit, any, all, P* = MemoFetch(match_BM, mask)  # P* float32, stored attention
+                       <reuse P*>                                     still_out = still_in
+                 else: hit, any, all, P* = MemoLookup(pool(hidden, mask), mask)   # P* uint16
+                       <reuse P* / 65535>                             still_out = any)
+        else: <exact P> @ V                                           still_out = still_in)
     <reuse P*> = If(any, then: If(all, then: P* @ V,
                                        else: Where(hit, P*, <exact P>) @ V),
                          else: <exact P> @ V)
 
 ``If`` runs only the branch it takes, so with no database (or with a layer
-switched off) the cost is two Ifs per layer plus one tiny Python call per run. The If
+switched off) the cost is one If per layer plus one small Python call per run. The If
 returns the context [B, H, S, d], not P [B, H, S, S]: ORT copies an If's
 result, and at S=512 a copy of P per layer cost ~2.5 % of the model's time.
 
@@ -74,23 +76,25 @@ def build_function(
     flag = ir.Node("", "Gather", [f_gate, index.outputs[0]], outputs=[ir.Value(name="layer_flag")])
     use_memo = ir.Node("", "And", [flag.outputs[0], f_still], outputs=[ir.Value(name="use_memo")])
     use_doc = ir.Node("", "Gather", [f_doc, index.outputs[0]], outputs=[ir.Value(name="use_doc")])
-    context = ir.Value(name="learned.context", type=_FLOAT)
-    still = ir.Value(name="learned.still_hitting", type=ir.TensorType(ir.DataType.BOOL))
-    learned = ir.Node("", "If", [use_memo.outputs[0]], [
-        ir.AttrGraph("then_branch", _lookup_graph(core, post, outer, f_hidden, f_mask,
-                                                  opset=default_opset(opset_imports))),
-        ir.AttrGraph("else_branch", _exact_graph(core, post, outer, still=f_still)),
-    ], outputs=[context, still])
-    not_doc = ir.Graph([], [context, still], nodes=[use_memo, learned], name="learned_key")
-    branch = ir.Node("", "If", [use_doc.outputs[0]], [
+    reuse = ir.Node("", "Or", [use_doc.outputs[0], use_memo.outputs[0]], outputs=[ir.Value(name="may_reuse")])
+    # Which key: inside the branch that may reuse, so a run that reuses nothing (no database,
+    # a miss) pays one If per layer, not two (two cost ~4 % of MiniLM at 128 tokens).
+    which = ir.Node("", "If", [use_doc.outputs[0]], [
         ir.AttrGraph("then_branch", _document_graph(core, post, outer, f_hidden, f_mask, f_match, still=f_still)),
-        ir.AttrGraph("else_branch", not_doc),
+        ir.AttrGraph("else_branch", _lookup_graph(core, post, outer, f_hidden, f_mask,
+                                                  opset=default_opset(opset_imports))),
+    ], outputs=[ir.Value(name="reuse.context", type=_FLOAT),
+                ir.Value(name="reuse.still_hitting", type=ir.TensorType(ir.DataType.BOOL))])
+    branch = ir.Node("", "If", [reuse.outputs[0]], [
+        ir.AttrGraph("then_branch", ir.Graph([], list(which.outputs), nodes=[which], name="reuse")),
+        ir.AttrGraph("else_branch", _exact_graph(core, post, outer, still=f_still)),
     ], outputs=[ir.Value(name="context", type=_FLOAT),
                 ir.Value(name="still_hitting", type=ir.TensorType(ir.DataType.BOOL))])
 
     used = dict(opset_imports)
     used[RUNTIME_DOMAIN] = 1
-    graph = ir.Graph(formals, list(branch.outputs), nodes=[index, flag, use_doc, branch], opset_imports=used)
+    graph = ir.Graph(formals, list(branch.outputs), nodes=[index, flag, use_memo, use_doc, reuse, branch],
+                     opset_imports=used)
     attributes = [ir.Attr("layer", ir.AttributeType.INT, 0), ir.Attr("model_id", ir.AttributeType.STRING, "")]
     return ir.Function(DOMAIN, NAME, "", graph=graph, attributes=attributes), actuals
 
