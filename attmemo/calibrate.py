@@ -326,7 +326,7 @@ class _Runner:
         if rewritten is None:
             raise MemoDatabaseError(f"{model}: cannot be rewritten for calibration; export it again with attmemo-export.")
         self.session = ort.InferenceSession(rewritten, session_options(sess_options=quiet_session_options()))
-        exact = rewritten_model_bytes(model, exact_model)
+        exact = rewritten_model_bytes(model, exact_model, variant="exact")
         self.off_session = (ort.InferenceSession(exact, quiet_session_options()) if exact is not None
                             else self.session)
         self.every_layer = tuple(sorted(database.manifest.layers))

@@ -117,7 +117,7 @@ class InferenceSession(ort.InferenceSession):
         # Nothing served in the graph (no database, or one with no per-layer lookups and no
         # document key): run the exact model, which costs what the unmodified export costs.
         layers_off = database is None or (not database.thresholds and database.executor is None)
-        model = rewritten_model_bytes(path_or_bytes, exact_model) if layers_off else None
+        model = rewritten_model_bytes(path_or_bytes, exact_model, variant="exact") if layers_off else None
         options = session_options(None, sess_options)
         if database is not None and database.document_serving is not None:
             _no_spinning_unless_set(options)
@@ -158,7 +158,8 @@ class InferenceSession(ort.InferenceSession):
         """Create the fed models' sessions of the batch-1 fast path; log if they cannot be."""
         for layers in database.executor.plan.tiers():
             fed = rewritten_model_bytes(path_or_bytes,
-                                        lambda model, layers=layers: fed_model(model, layers, database.codec))
+                                        lambda model, layers=layers: fed_model(model, layers, database.codec),
+                                        variant=f"fed {layers} {database.manifest.dtype}")
             if fed is None:
                 return False
             try:
@@ -205,15 +206,24 @@ def _no_spinning_unless_set(options: ort.SessionOptions) -> None:
         options.add_session_config_entry(_SPINNING, "0")
 
 
-def rewritten_model_bytes(path_or_bytes, rewrite: Callable[[object], object]) -> bytes | None:
+def rewritten_model_bytes(path_or_bytes, rewrite: Callable[[object], object], *,
+                          variant: str | None = None) -> bytes | None:
     """The model rewritten in place by ``rewrite`` (transforms.unfuse), or None if that cannot be done.
 
-    exact_model: when calibration switched the per-layer lookups off, the rewritten
-    model would still pay one Python gate call and an If per layer on every run: 4-9 %
-    of MiniLM on 10-70 token texts. The exact model costs what the unmodified export costs.
-    fed_model: what a document-key hit runs. Each takes ~1 s once, at creation.
+    exact_model: with nothing to serve, the rewritten model would still pay one Python gate
+    call and an If per layer on every run: 4-9 % of MiniLM on 10-70 token texts. The exact
+    model costs what the unmodified export costs. fed_model: what a batch-1 document-key hit
+    runs. Each takes ~1.5 s at creation; with a ``variant`` naming the rewrite, a model given
+    by path is rewritten once and then read from attmemo.model_cache.
     """
+    from attmemo import model_cache
+
     try:
+        cached = None
+        if variant is not None and isinstance(path_or_bytes, (str, os.PathLike)):
+            cached = model_cache.cache_path(path_or_bytes, variant)
+            if (model := model_cache.load(cached)) is not None:
+                return model
         import onnx
         import onnx_ir as ir
 
@@ -222,7 +232,9 @@ def rewritten_model_bytes(path_or_bytes, rewrite: Callable[[object], object]) ->
         else:
             model = ir.serde.deserialize_model(onnx.load_model_from_string(bytes(path_or_bytes)))
         rewrite(model)
-        return ir.serde.serialize_model(model).SerializeToString()
+        rewritten = ir.serde.serialize_model(model).SerializeToString()
+        model_cache.store(cached, rewritten)
+        return rewritten
     except Exception as error:  # noqa: BLE001 - an optimisation: the rewritten model is still exact
         log.warning("could not rewrite the model (%s: %s); serving it as it is", type(error).__name__, error)
         return None

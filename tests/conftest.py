@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,16 @@ import pytest
 
 from attmemo.export.hf_export import export_hf_model
 from tiny_models import ARCHITECTURES, make_tiny_model, sample_inputs
+
+# Rewritten models are cached (attmemo.model_cache): keep this run's out of the user's cache.
+_CACHE = None if "ATTMEMO_CACHE" in os.environ else tempfile.mkdtemp(prefix="attmemo-test-cache-")
+if _CACHE is not None:
+    os.environ["ATTMEMO_CACHE"] = _CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _CACHE is not None:
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 TEXTS = [
     "the model has a cache of attention scores for each layer and head",
