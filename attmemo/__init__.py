@@ -7,6 +7,7 @@
 """
 
 from .session import InferenceSession, session_options
+from .session_errors import ModelFileError
 from .store import MemoDatabaseError
 
-__all__ = ["InferenceSession", "MemoDatabaseError", "session_options"]
+__all__ = ["InferenceSession", "MemoDatabaseError", "ModelFileError", "session_options"]
