@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 THRESHOLDS = (0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 DOCUMENT_THRESHOLDS = (1.0, 0.98, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)   # share of positions with the same token
 OFTEN = 0.5   # "hits often": at least this share of a layer's lookups hit
+MIN_GAIN = 0.01   # a choice must save at least this share of the time "off" takes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +118,7 @@ class Calibration:
 def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | None = None, *,
               db: str | Path | None = None, budget: Budget = Budget(), max_length: int | None = None,
               thresholds: Sequence[float] = THRESHOLDS, document_thresholds: Sequence[float] = DOCUMENT_THRESHOLDS,
-              rounds: int = 5, min_gain: float = 0.01, write: bool = True,
+              rounds: int = 5, min_gain: float = MIN_GAIN, write: bool = True,
               progress: Callable[[str], None] | None = None) -> Calibration:
     """Measure candidate serving choices on ``texts`` and (``write``) store the best in the database.
 
@@ -153,10 +154,7 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
     def measure_documents(layers: tuple[int, ...]) -> list[Trial]:
         trials = runner.document_trials(layers, document_thresholds, exact, labels, centroids)
         held = [t for t in trials if budget.holds(chosen_half(t)) and t.memo_rate > 0]
-        say(f"document key on layers {','.join(map(str, layers))}: " +
-            (f"within budget down to {held[-1].documents.threshold:g} ({_quality_text(held[-1])})"
-             if held else f"over budget wherever it hits (at {trials[-1].documents.threshold:g}: "
-                          f"{_quality_text(trials[-1])})"))
+        say(f"document key on layers {','.join(map(str, layers))}: " + _document_text(trials, held))
         return trials
 
     layer_trials = []
@@ -190,7 +188,7 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
     if candidates:
         for trial, ratio in zip(candidates, runner.latency_ratios(candidates, rounds)):
             trial.latency_ratio = ratio
-            say(f"latency {trial.describe()}: {ratio:.3f} of off")
+            say(f"latency {trial.describe()}: {ratio:.3f} of the time with memoization off")
     chosen = _fastest(candidates, min_gain) or off
     if write:
         _write_choice(folder, chosen, budget, texts=len(texts))
@@ -275,9 +273,22 @@ def _best(trials: list[Trial], holds: Callable[[Trial], bool]) -> list[Trial]:
     return kept
 
 
+def _document_text(trials: list[Trial], held: list[Trial]) -> str:
+    """What the document key on one set of layers gave, in words (trials: highest threshold first)."""
+    lowest = trials[-1]
+    if held:
+        return (f"within budget down to {held[-1].documents.threshold:.0%} of positions matching "
+                f"({_quality_text(held[-1])})")
+    if lowest.memo_rate == 0:
+        return (f"no text matches a stored one at {lowest.documents.threshold:.0%} of positions or more, "
+                "so there is nothing to reuse")
+    return (f"breaks the quality budget at every threshold that reuses anything (at "
+            f"{lowest.documents.threshold:.0%} of positions matching: {_quality_text(lowest)})")
+
+
 def _quality_text(trial: Trial) -> str:
-    return (f"memo rate {trial.memo_rate:.2f}, cosine mean {trial.cosine['mean']:.4f} "
-            f"p1 {trial.cosine['p1']:.4f}" + _accuracy_text(trial))
+    return (f"reuses {trial.memo_rate:.0%} of attention computations, cosine to exact mean {trial.cosine['mean']:.4f}"
+            f", 1st percentile {trial.cosine['p1']:.4f}" + _accuracy_text(trial))
 
 
 def _accuracy_text(trial: Trial) -> str:
