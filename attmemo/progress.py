@@ -28,27 +28,23 @@ def no_bars(**_kwargs) -> _NoBar:
 def build_callback(bars: Bars, *, texts: int | None = None) -> Callable:
     """A ``build_database(progress=...)`` callback drawing one bar per build stage.
 
-    texts: how many corpus texts the user gave, if known. The recording stage runs each
-    text and an edited copy of some of them (training pairs for the key), so its total is
-    larger; the bar says both so its count matches what the user gave.
+    texts: how many corpus texts the user gave, if known. The recording stage also runs an
+    edited copy of some texts (training pairs for the key), so the store's own count of runs
+    is larger than the corpus; it reports once per corpus text, so the bar counts those calls
+    and its count is the user's. Training counts layers.
     """
-    state: dict[str, tuple[Any, int]] = {}
+    state: dict[str, list] = {}   # stage -> [bar, steps shown]
 
     def show(p) -> None:
-        bar, done = state.get(p.stage, (None, 0))
-        if bar is None:
-            bar = bars(desc=_build_label(p.stage, p.total, texts), total=p.total, unit="run" if
-                       p.stage == "record" else "layer", leave=True)
-        bar.update(p.done - done)
-        state[p.stage] = (bar, p.done)
+        record = p.stage == "record"
+        total = texts if record and texts is not None else p.total
+        if p.stage not in state:
+            desc = "recording" if record else "training key embeddings"
+            state[p.stage] = [bars(desc=desc, total=total, unit="texts" if record else "layers"), 0]
+        entry = state[p.stage]
+        step = entry[1] + 1 if record and texts is not None else p.done
+        entry[0].update(step - entry[1])
+        entry[1] = step
         if p.done >= p.total:
-            bar.close()
+            entry[0].close()
     return show
-
-
-def _build_label(stage: str, total: int, texts: int | None) -> str:
-    if stage != "record":
-        return "training the key embedding of each layer"
-    if texts is None or texts >= total:
-        return "recording attention"
-    return f"recording attention ({texts} texts + {total - texts} edited copies for training)"
