@@ -93,7 +93,7 @@ def calibration_verdict(result, budget, *, labels: bool) -> str:
     timed = [Candidate(t.describe(), t.latency_ratio, t.memo_rate) for t in result.trials]
     return verdict(subject=f"these {result.texts} held-out texts", serving=chosen.serves,
                    latency_ratio=chosen.latency_ratio if chosen.serves else None, memo_rate=chosen.memo_rate,
-                   cosine_mean=chosen.cosine["mean"], cosine_p1=chosen.cosine["p1"],
+                   cosine_mean=chosen.cosine["mean"], cosine_p1=chosen.cosine["p1"], against="memoization off",
                    off_reason=off_reason(timed, min_gain=MIN_GAIN, budget_text=budget_text(budget, labels=labels)))
 
 

@@ -407,8 +407,7 @@ def eval_verdict(result: dict) -> str:
     from attmemo.verdict import Candidate, budget_text, off_reason, verdict
 
     serving = result.get("documents") is not None or any(v is not None for v in result["layers"].values())
-    timed = [Candidate(t["choice"], t["latency_ratio"], t["memo_rate"])
-             for t in result["calibration"]["trials"] if t.get("latency_ratio") is not None]
+    timed = [Candidate(t["choice"], t.get("latency_ratio"), t["memo_rate"]) for t in result["calibration"]["trials"]]
     reason = off_reason(timed, min_gain=MIN_GAIN, budget_text=budget_text(Budget(), labels=result["accuracy"] is not None))
     return verdict(subject=f"the {result['workload']} queries", serving=serving,
                    latency_ratio=result["latency_ms"]["ratio"]["memo"], memo_rate=result["memo_rate"],

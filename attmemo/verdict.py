@@ -30,23 +30,32 @@ class Candidate:
 
 
 def verdict(*, subject: str, serving: bool, latency_ratio: float | None, memo_rate: float,
-            cosine_mean: float | None, cosine_p1: float | None, off_reason: str | None = None) -> str:
+            cosine_mean: float | None, cosine_p1: float | None, off_reason: str | None = None,
+            against: str = "the unmodified model") -> str:
     """The verdict sentence(s) for one workload or corpus (``subject``, e.g. "edited documents").
 
     serving: whether memoization serves anything; latency_ratio: memoized / exact total time
     (None if not timed); cosine_*: of the memoized embeddings to exact (None if not measured);
-    off_reason: why nothing serves (a clause), used only when ``serving`` is False.
+    off_reason: why nothing serves (a clause), used only when ``serving`` is False;
+    against: what the latency ratio compares with.
     """
     if not serving:
         reason = f" because {off_reason}" if off_reason else ""
-        cost = ("" if latency_ratio is None else
-                f"; it runs the exact model, measured at {_speed(latency_ratio, against='the unmodified model')}")
+        cost = "" if latency_ratio is None else f"; it runs the exact model, {_same_cost(latency_ratio, against)}"
         return f"On {subject}, memoization switched itself off{reason}{cost}."
-    speed = "untimed" if latency_ratio is None else _speed(latency_ratio, against="exact")
+    speed = "untimed" if latency_ratio is None else _speed(latency_ratio, against=against)
     fidelity = ("" if cosine_mean is None else
                 f" at cosine {cosine_mean:.3f} to exact (1st percentile {cosine_p1:.3f})")
     return (f"On {subject}, the memoized model reused {memo_rate:.0%} of attention computations and ran "
             f"{speed}{fidelity}.")
+
+
+def _same_cost(ratio: float, against: str) -> str:
+    """The exact model is the same computation as the unmodified one: any gap is timing noise."""
+    if abs(1 - ratio) < NOISE:
+        return f"which costs what {against} costs (measured time ratio {ratio:.2f})"
+    return (f"the same computation as {against} (measured time ratio {ratio:.2f}: "
+            "the gap is timing noise on few queries)")
 
 
 def _speed(ratio: float, *, against: str) -> str:
@@ -60,10 +69,13 @@ def _speed(ratio: float, *, against: str) -> str:
 def off_reason(candidates: Sequence[Candidate], *, min_gain: float, budget_text: str) -> str:
     """Why calibration switched memoization off, as a clause for ``verdict``.
 
-    candidates: the choices it timed (within budget on both halves of its texts); none timed
-    means nothing reused attention within the budget.
+    candidates: every choice calibration measured; those it timed (latency_ratio set) were
+    within budget on both halves of its texts. None timed: nothing reused attention within
+    the budget, or nothing reused any at all.
     """
     timed = [c for c in candidates if c.latency_ratio is not None]
+    if not any(c.memo_rate > 0 for c in candidates):
+        return "no held-out text was close enough to a stored one to reuse any attention"
     if not timed:
         return f"no choice reused any attention within the quality budget ({budget_text})"
     best = min(timed, key=lambda c: c.latency_ratio)
