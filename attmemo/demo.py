@@ -96,10 +96,20 @@ def _evaluate(workdir: Path, workloads: tuple[str, ...], out: Callable[[str], No
         evaluation.write_json(result, path)
         png = evaluation.write_png(result, path.with_suffix(".png"))
         out(f"   wrote {path} and {png} ({time.perf_counter() - start:.0f} s)")
-        # Two float32 databases of 64 texts would take 2.3 GB; the demo stays under 2 GB.
-        shutil.rmtree(result["_db_dir"], ignore_errors=True)
-        out(f"   removed its database ({result['db_bytes'] / 2**30:.1f} GB) to keep the demo's disk use low")
+        # Two float32 databases of 64 texts would take 2.3 GB; the demo stays under 2 GB. The
+        # workloads store the same texts, so the next one reuses this database; the last removes it.
+        if number == len(workloads) - 1 or not _same_stored(workload, workloads[number + 1], settings):
+            shutil.rmtree(result["_db_dir"], ignore_errors=True)
+            result["_db_dir"].with_name(result["_db_dir"].name + ".built.json").unlink(missing_ok=True)
+            out(f"   removed its database ({result['db_bytes'] / 2**30:.1f} GB) to keep the demo's disk use low")
     return results
+
+
+def _same_stored(workload: str, following: str, settings) -> bool:
+    from attmemo.workloads import make_workload
+    texts = [make_workload(name, stored=settings.stored, queries=settings.queries, seed=settings.seed).stored
+             for name in (workload, following)]
+    return texts[0] == texts[1]
 
 
 def _embed(session, feed) -> np.ndarray:

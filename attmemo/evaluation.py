@@ -162,13 +162,17 @@ def _evaluate(w: Workload, paths: dict[str, Path], *, max_length: int, workdir: 
     say(f"{w.name}: {w.description}; {len(w.stored)} stored texts, {len(calib)} calibration and "
         f"{len(measured)} measured queries, max {max_length} tokens")
 
-    db_dir = workdir / f"{w.name}.{max_length}.memo"
     corpus = write_corpus(w, workdir / f"{w.name}.stored.jsonl")
+    db_dir = workdir / f"stored-{_content_key(paths['memo'], corpus, max_length, settings.dtype)}.memo"
     start = time.perf_counter()
-    build = build_database(paths["memo"], corpus, out=db_dir, max_length=max_length, dtype=settings.dtype,
-                           progress=build_callback(bars, texts=len(w.stored)))
-    say(f"database: {build.texts} texts, {build.bytes_on_disk / 2**20:.0f} MiB of {settings.dtype}, built in "
-        f"{time.perf_counter() - start:.0f} s")
+    build = _built(db_dir)
+    if build is None:
+        report = build_database(paths["memo"], corpus, out=db_dir, max_length=max_length, dtype=settings.dtype,
+                                progress=build_callback(bars, texts=len(w.stored)))
+        build = _Build(report.texts, report.bytes_on_disk)
+        _built_file(db_dir).write_text(json.dumps({"texts": build.texts, "bytes_on_disk": build.bytes_on_disk}))
+    say(f"database: {build.texts} texts, {build.bytes_on_disk / 2**20:.0f} MiB of {settings.dtype}, "
+        + (f"built in {time.perf_counter() - start:.0f} s" if build.fresh else "reused (same model and stored texts)"))
     calibration = calibrate(paths["memo"], calib, calib_labels, db=db_dir, max_length=max_length,
                             progress=lambda line: say(f"  calibrate: {line}"))
     database = MemoDatabase.open(db_dir)
@@ -194,6 +198,43 @@ def _evaluate(w: Workload, paths: dict[str, Path], *, max_length: int, workdir: 
                    layers=layers, latency=latency, hits=hits, ceiling=ceiling, memo=memo, exact=exact,
                    accuracy=accuracy, calibration=calibration, calib=calib, measured=measured,
                    alternatives=_alternatives(stored.ids, stored_exact, run.ids, exact))
+
+
+def _built_file(db_dir: Path) -> Path:
+    """Beside a database this module built: what its build reported (calibration rewrites only
+    the manifest's serving choice, so a database of the same model and texts serves again)."""
+    return db_dir.with_name(db_dir.name + ".built.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Build:
+    texts: int
+    bytes_on_disk: int
+    fresh: bool = True
+
+
+def _content_key(model: Path, corpus: Path, max_length: int, dtype: str) -> str:
+    """A short hash of what a database is built from: the model file's identity, the stored texts, the settings.
+
+    Workloads that store the same texts (edited and diverse do) share one database: building
+    one takes over a minute for 64 documents at 256 tokens.
+    """
+    import hashlib
+    stat = model.stat()
+    digest = hashlib.sha256(f"{model.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{max_length}|{dtype}|".encode())
+    digest.update(corpus.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _built(db_dir: Path) -> _Build | None:
+    """The build report of a database this module built at ``db_dir``, None if there is none (or it is damaged)."""
+    from attmemo.store import MemoDatabase, MemoDatabaseError
+    try:
+        report = json.loads(_built_file(db_dir).read_text())
+        MemoDatabase.open(db_dir)
+    except (OSError, ValueError, MemoDatabaseError):
+        return None
+    return _Build(report["texts"], report["bytes_on_disk"], fresh=False)
 
 
 def _result(w: Workload, *, max_length, settings, db_dir, build, database, layers, latency, hits, ceiling, memo,

@@ -81,3 +81,11 @@ def test_eval_on_your_own_model_and_texts(tiny_db, tmp_path):
     for name in ("oracle", "memo"):
         assert abs(lat["ratio"][name] - lat[name] / lat["baseline"]) < 1e-9
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Run again on the same model and stored texts: the database is reused, not rebuilt.
+    from attmemo import evaluation
+    said = []
+    again = evaluation.evaluate(evaluation.user_workload(corpus, queries), model=model, max_length=32,
+                                workdir=tmp_path / "work", settings=evaluation.EvalSettings(rounds=1), say=said.append)
+    assert any(line.endswith("reused (same model and stored texts)") for line in said), said
+    assert again["stored_texts"] == data["stored_texts"] and again["db_bytes"] == data["db_bytes"]
