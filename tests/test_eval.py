@@ -23,7 +23,7 @@ def test_eval_edited_writes_the_table_json_and_png(tmp_path):
                              "--workdir", str(tmp_path / "work")], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     for line in ("baseline (unmodified model)", "oracle (true attention, free)", "memoized (calibrated)",
-                 "ceiling (perfect retriever)", "alternative nearest output", "alternative exact input cache"):
+                 "ceiling (perfect retriever", "alternative nearest output", "alternative exact input cache"):
         assert line in result.stdout
     data = json.loads(out.read_text())
     assert data["workload"] == "edited" and data["max_length"] == 64
