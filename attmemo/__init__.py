@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["InferenceSession", "MemoDatabaseError", "session_options"]
+__all__ = ["InferenceSession", "MemoDatabaseError", "ModelFileError", "session_options"]
 
 _HOME = {"InferenceSession": "attmemo.session", "session_options": "attmemo.session",
-         "MemoDatabaseError": "attmemo.store.manifest"}
+         "MemoDatabaseError": "attmemo.store.manifest", "ModelFileError": "attmemo.session_errors"}
 
 
 def __getattr__(name: str):

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 THRESHOLDS = (0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 DOCUMENT_THRESHOLDS = (1.0, 0.98, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)   # share of positions with the same token
 OFTEN = 0.5   # "hits often": at least this share of a layer's lookups hit
+MIN_GAIN = 0.01   # a choice must save at least this share of the time "off" takes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +119,7 @@ class Calibration:
 def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | None = None, *,
               db: str | Path | None = None, budget: Budget = Budget(), max_length: int | None = None,
               thresholds: Sequence[float] = THRESHOLDS, document_thresholds: Sequence[float] = DOCUMENT_THRESHOLDS,
-              rounds: int = 5, min_gain: float = 0.01, write: bool = True,
+              rounds: int = 5, min_gain: float = MIN_GAIN, write: bool = True,
               progress: Callable[[str], None] | None = None) -> Calibration:
     """Measure candidate serving choices on ``texts`` and (``write``) store the best in the database.
 
@@ -154,10 +155,7 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
     def measure_documents(layers: tuple[int, ...]) -> list[Trial]:
         trials = runner.document_trials(layers, document_thresholds, exact, labels, centroids)
         held = [t for t in trials if budget.holds(chosen_half(t)) and t.memo_rate > 0]
-        say(f"document key on layers {','.join(map(str, layers))}: " +
-            (f"within budget down to {held[-1].documents.threshold:g} ({_quality_text(held[-1])})"
-             if held else f"over budget wherever it hits (at {trials[-1].documents.threshold:g}: "
-                          f"{_quality_text(trials[-1])})"))
+        say(f"document key on layers {','.join(map(str, layers))}: " + _document_text(trials, held))
         return trials
 
     layer_trials = []
@@ -191,7 +189,8 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
     if candidates:
         for trial, (ratio, spread) in zip(candidates, runner.latency_ratios(candidates, rounds)):
             trial.latency_ratio, trial.latency_spread = ratio, spread
-            say(f"latency {trial.describe()}: {ratio:.3f} of off (+-{spread:.3f} over {rounds} rounds)")
+            say(f"latency {trial.describe()}: {ratio:.3f} of the time with memoization off "
+                f"(+-{spread:.3f} from round to round)")
     chosen = _fastest(candidates, min_gain) or off
     if write:
         _write_choice(folder, chosen, budget, texts=len(texts))
@@ -279,9 +278,22 @@ def _best(trials: list[Trial], holds: Callable[[Trial], bool]) -> list[Trial]:
     return kept
 
 
+def _document_text(trials: list[Trial], held: list[Trial]) -> str:
+    """What the document key on one set of layers gave, in words (trials: highest threshold first)."""
+    lowest = trials[-1]
+    if held:
+        return (f"within budget down to {held[-1].documents.threshold:.0%} of positions matching "
+                f"({_quality_text(held[-1])})")
+    if lowest.memo_rate == 0:
+        return (f"no text matches a stored one at {lowest.documents.threshold:.0%} of positions or more, "
+                "so there is nothing to reuse")
+    return (f"breaks the quality budget at every threshold that reuses anything (at "
+            f"{lowest.documents.threshold:.0%} of positions matching: {_quality_text(lowest)})")
+
+
 def _quality_text(trial: Trial) -> str:
-    return (f"memo rate {trial.memo_rate:.2f}, cosine mean {trial.cosine['mean']:.4f} "
-            f"p1 {trial.cosine['p1']:.4f}" + _accuracy_text(trial))
+    return (f"reuses {trial.memo_rate:.0%} of attention computations, cosine to exact mean {trial.cosine['mean']:.4f}"
+            f", 1st percentile {trial.cosine['p1']:.4f}" + _accuracy_text(trial))
 
 
 def _accuracy_text(trial: Trial) -> str:
@@ -463,11 +475,14 @@ class _Runner:
         totals = np.zeros(len(configs))
         per_round = np.zeros((max(rounds, 1), len(configs)))   # each round's total, per config
         for feed in self.feeds:
-            times = [[] for _ in configs]
+            # A document-key choice that misses this text runs the exact model, as off does: it
+            # costs off's time plus its lookup, so it is not run again (on diverse texts most
+            # choices miss most texts, and timing was most of calibration's time).
+            lookup = {i: self._document_miss_seconds(feed, *config) for i, config in enumerate(configs)}
+            timed = [i for i in range(len(configs)) if lookup[i] is None]
+            times = {i: [] for i in timed}
             for r in range(-1, rounds):   # round -1 warms up
-                order = list(range(len(configs)))
-                order = order[r % len(order):] + order[:r % len(order)]
-                for i in order:
+                for i in timed[r % len(timed):] + timed[:r % len(timed)]:
                     self.use(configs[i][0] or None)
                     begin = time.perf_counter()
                     self.run(feed, *configs[i])
@@ -476,10 +491,26 @@ class _Runner:
                         times[i].append(seconds)
                         per_round[r, i] += seconds
             self.use(None)
-            totals += [np.median(t) for t in times]
+            off = float(np.median(times[0]))
+            totals += [float(np.median(times[i])) if lookup[i] is None else off + lookup[i] for i in range(len(configs))]
+            for i in set(range(len(configs))) - set(timed):   # a miss: off's time in each round, plus its lookup
+                per_round[:, i] += np.asarray(times[0]) + lookup[i]
         ratios = per_round[:, 1:] / per_round[:, :1]
         spreads = (ratios.max(axis=0) - ratios.min(axis=0)) / 2
         return [(float(total / totals[0]), float(spread)) for total, spread in zip(totals[1:], spreads)]
+
+    def _document_miss_seconds(self, feed: dict, thresholds: dict[int, float], documents: Documents | None,
+                               executor) -> float | None:
+        """The document key's lookup time if the choice (thresholds, documents) misses ``feed``
+        and so runs the exact model; None if it must be timed (it hits, or it is off or per-layer)."""
+        from attmemo.document_tier import single_sequence
+
+        ids = single_sequence(feed)
+        if thresholds or documents is None or not self.documents or ids is None:
+            return None
+        begin = time.perf_counter()
+        found = executor.single(ids)
+        return time.perf_counter() - begin if found is None else None
 
 
 def _share(documents, ids: np.ndarray) -> float:

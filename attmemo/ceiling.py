@@ -84,7 +84,7 @@ def best_match(stored: Iterable[Sequence[np.ndarray]], queries: Sequence[Sequenc
 
 def record_best_match(model_path: str | Path, stored_ids: Sequence[np.ndarray], query_ids: Sequence[np.ndarray], *,
                       sample: int | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
-                      scratch: str | Path | None = None) -> BestMatch:
+                      scratch: str | Path | None = None, bars=None) -> BestMatch:
     """``best_match`` on the true attention of a MemoAttention model, recorded unpadded at batch 1.
 
     stored_ids, query_ids: int64 [n] token ids per text (already truncated to the length to test).
@@ -94,6 +94,7 @@ def record_best_match(model_path: str | Path, stored_ids: Sequence[np.ndarray], 
         chunks of about this size; each chunk is compared with every stored text of its
         length, recorded again per chunk and dropped after use; other lengths are never run.
     scratch: folder for the temporary recording model (default: the system's temp folder).
+    bars: progress bars (attmemo.progress), one step per stored text compared; None: none.
     Returns similarity float32 [Q, L] and nearest int64 [Q, L] for the sampled queries.
 
     Cost: one TV distance per (query, stored text of its length, layer), about 1 ms each for
@@ -101,24 +102,36 @@ def record_best_match(model_path: str | Path, stored_ids: Sequence[np.ndarray], 
     and per stored text per chunk.
     """
     from attmemo.builder.recorder import Recorder
+    from attmemo.progress import no_bars
 
     stored_ids, query_ids = list(stored_ids)[:sample], list(query_ids)[:sample]
+    groups = sorted(_group_by_length([len(ids) for ids in query_ids]).items())
+    stored_lengths = [len(ids) for ids in stored_ids]
+    # One step per stored text of a query's length (more if the queries take several chunks).
+    bar = (bars or no_bars)(desc="perfect-retriever search", total=sum(map(stored_lengths.count, dict(groups))),
+                            unit="stored text")
     with tempfile.TemporaryDirectory(prefix="attmemo-ceiling-", dir=scratch) as tmp:
         recorder = Recorder(Path(model_path), Path(tmp))
         layers = len(recorder.layers)
         result = BestMatch(np.full((len(query_ids), layers), np.nan, np.float32),
                            np.full((len(query_ids), layers), -1, np.int64))
-        for length, members in sorted(_group_by_length([len(ids) for ids in query_ids]).items()):
+        for length, members in groups:
             matching = [s for s, ids in enumerate(stored_ids) if len(ids) == length]
             if not matching:
                 continue
             for chunk, queries in _recorded_chunks(recorder, query_ids, members, max_bytes=max_bytes):
-                found = best_match((_record(recorder, stored_ids[s]) for s in matching), queries)
+                found = best_match((_counted(bar, _record(recorder, stored_ids[s])) for s in matching), queries)
                 result.similarity[chunk] = found.similarity
                 result.nearest[chunk] = np.where(found.nearest >= 0, np.asarray(matching)[found.nearest], -1)
                 log.info("ceiling: %d queries of length %d against %d stored texts", len(chunk), length, len(matching))
                 queries.clear()   # free this chunk before the next one is recorded
+    bar.close()
     return result
+
+
+def _counted(bar, item):
+    bar.update(1)
+    return item
 
 
 def _group_by_length(lengths: Sequence[int]) -> dict[int, list[int]]:

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from attmemo.progress import Bars, build_callback, no_bars
+from attmemo.workloads import Workload
+
 log = logging.getLogger(__name__)
 
 MAX_LENGTH = 512   # all-MiniLM-L6-v2's position table
@@ -78,34 +81,101 @@ def models(workdir: Path) -> dict[str, Path]:
     return paths
 
 
-def evaluate(workload: str, *, max_length: int, workdir: Path, settings: EvalSettings = EvalSettings(),
-             say: Callable[[str], None] = lambda _line: None) -> dict:
-    """Run the whole evaluation of ``workload``; return the JSON-ready result."""
+def user_models(model: Path, workdir: Path) -> dict[str, Path]:
+    """A user's MemoAttention ``model`` with its exact and oracle rewrites (written into ``workdir``).
+
+    The exact model (every MemoAttention inlined back to the model's own nodes) is the
+    baseline: it costs what the unmodified export costs, which the user may not have.
+    Both are rewritten on every call (a second or two), so a changed model is never stale.
+    """
+    import onnx_ir as ir
+
+    from attmemo.session import exact_model, rewritten_model_bytes
+    from attmemo.transforms.unfuse import oracle_model
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = {"memo": model, "plain": workdir / f"{model.stem}.exact.onnx",
+             "oracle": workdir / f"{model.stem}.oracle.onnx"}
+    exact = rewritten_model_bytes(model, exact_model)
+    if exact is None:
+        raise ValueError(f"{model}: its MemoAttention nodes could not be inlined back into an exact model; "
+                         "give a model written by attmemo-export or attmemo transform.")
+    paths["plain"].write_bytes(exact)
+    oracle = ir.load(model)
+    oracle_model(oracle)
+    ir.save(oracle, paths["oracle"])
+    return paths
+
+
+def user_workload(corpus: str | Path, queries: str | Path) -> Workload:
+    """The user's own texts as a workload: ``corpus`` is stored, ``queries`` are looked up.
+
+    Same formats as ``attmemo build-db`` (attmemo.store.corpus); labels are kept where every
+    record of a file has one.
+    """
+    from attmemo.store.corpus import iter_records
+
+    def read(path) -> tuple[list[str], list[str] | None]:
+        records = list(iter_records(path))
+        labels = [label for _, label in records]
+        return [text for text, _ in records], labels if labels and None not in labels else None
+
+    stored, stored_labels = read(corpus)
+    asked, asked_labels = read(queries)
+    return Workload(Path(queries).stem, stored, stored_labels, asked, asked_labels,
+                    f"your texts: {len(stored)} stored from {corpus}, {len(asked)} queries from {queries}")
+
+
+def evaluate(workload: str | Workload, *, max_length: int, workdir: Path, settings: EvalSettings = EvalSettings(),
+             model: Path | None = None, say: Callable[[str], None] = lambda _line: None,
+             bars: Bars = no_bars) -> dict:
+    """Run the whole evaluation; return the JSON-ready result.
+
+    workload: a built-in one by name (attmemo.workloads, sized by ``settings``) or any
+        Workload (``user_workload``: the user's own corpus and queries, used whole).
+    model: the MemoAttention model to evaluate (``user_models``); None: the bundled all-MiniLM-L6-v2.
+    bars: progress bars for the long steps (attmemo.progress; the CLI passes tqdm).
+    """
+    from attmemo.workloads import make_workload
+
+    if isinstance(workload, str):
+        settings = settings.sized_for(workload)
+        workload = make_workload(workload, stored=settings.stored, queries=settings.queries, seed=settings.seed)
+    if len(workload.queries) < 4 or len(workload.stored) < 2:
+        raise ValueError(f"an evaluation needs at least 2 stored texts and 4 queries (half calibrate, half are "
+                         f"measured); got {len(workload.stored)} and {len(workload.queries)}.")
+    paths = models(workdir) if model is None else user_models(model, workdir)
+    return _evaluate(workload, paths, max_length=max_length, workdir=workdir, settings=settings, say=say,
+                     bars=bars)
+
+
+def _evaluate(w: Workload, paths: dict[str, Path], *, max_length: int, workdir: Path, settings: EvalSettings,
+              say: Callable[[str], None], bars: Bars) -> dict:
     from attmemo.calibrate import calibrate
-    from attmemo.ceiling import cosine_stats
     from attmemo.store import MemoDatabase
     from attmemo.builder.build import build_database
-    from attmemo.workloads import make_workload, write_corpus
+    from attmemo.workloads import write_corpus
 
-    settings = settings.sized_for(workload)
-    w = make_workload(workload, stored=settings.stored, queries=settings.queries, seed=settings.seed)
-    paths = models(workdir)
     calib, measured = w.queries[0::2], w.queries[1::2]
     calib_labels = w.query_labels[0::2] if w.query_labels else None
     measured_labels = w.query_labels[1::2] if w.query_labels else None
-    say(f"{workload}: {w.description}; {len(w.stored)} stored texts, {len(calib)} calibration and "
+    say(f"{w.name}: {w.description}; {len(w.stored)} stored texts, {len(calib)} calibration and "
         f"{len(measured)} measured queries, max {max_length} tokens")
 
-    db_dir = workdir / f"{workload}.{max_length}.memo"
-    corpus = write_corpus(w, workdir / f"{workload}.stored.jsonl")
+    corpus = write_corpus(w, workdir / f"{w.name}.stored.jsonl")
+    db_dir = workdir / f"stored-{_content_key(paths['memo'], corpus, max_length, settings.dtype)}.memo"
     start = time.perf_counter()
-    build = build_database(paths["memo"], corpus, out=db_dir, max_length=max_length, dtype=settings.dtype)
-    say(f"database: {build.texts} texts, {build.bytes_on_disk / 2**20:.0f} MiB of {settings.dtype}, built in "
-        f"{time.perf_counter() - start:.0f} s")
+    build = _built(db_dir)
+    if build is None:
+        report = build_database(paths["memo"], corpus, out=db_dir, max_length=max_length, dtype=settings.dtype,
+                                progress=build_callback(bars, texts=len(w.stored)))
+        build = _Build(report.texts, report.bytes_on_disk)
+        _built_file(db_dir).write_text(json.dumps({"texts": build.texts, "bytes_on_disk": build.bytes_on_disk}))
+    say(f"database: {build.texts} texts, {build.bytes_on_disk / 2**20:.0f} MiB of {settings.dtype}, "
+        + (f"built in {time.perf_counter() - start:.0f} s" if build.fresh else "reused (same model and stored texts)"))
     calibration = calibrate(paths["memo"], calib, calib_labels, db=db_dir, max_length=max_length,
                             progress=lambda line: say(f"  calibrate: {line}"))
     database = MemoDatabase.open(db_dir)
-    thresholds = database.thresholds
     layers = sorted(database.manifest.layers)
 
     run = _Queries(paths, db_dir, measured, max_length=max_length)
@@ -116,15 +186,64 @@ def evaluate(workload: str, *, max_length: int, workdir: Path, settings: EvalSet
     stored_exact = stored.embed("plain")
     accuracy = None
     if measured_labels is not None:
-        accuracy = _accuracy(stored_exact, w.stored_labels, exact, memo, measured_labels)
-    latency = run.latency(settings.timed, settings.rounds)
-    say(f"perfect-retriever ceiling: exhaustive search over {len(stored.ids)} stored texts for "
-        f"{min(settings.ceiling_sample, len(run.ids))} queries ...")
-    ceiling = _ceiling(paths["memo"], stored.ids, run.ids[:settings.ceiling_sample], thresholds,
-                       database.manifest.threshold)
-    alternatives = _alternatives(stored.ids, stored_exact, run.ids, exact)
-    result = {
-        "workload": workload, "max_length": max_length, "description": w.description,
+        # Centroids from the stored texts where they are labelled, else from the measured queries' exact embeddings.
+        reference = (stored_exact, w.stored_labels) if w.stored_labels else (exact, measured_labels)
+        accuracy = _accuracy(*reference, exact, memo, measured_labels)
+    latency = run.latency(settings.timed, settings.rounds, bars=bars)
+    sample = min(settings.ceiling_sample, len(run.ids))
+    say(f"perfect-retriever ceiling: exhaustive search over {len(stored.ids)} stored texts for {sample} queries")
+    ceiling = _ceiling(paths["memo"], stored.ids, run.ids[:sample], database.thresholds, database.manifest.threshold,
+                       bars=bars)
+    return _result(w, max_length=max_length, settings=settings, db_dir=db_dir, build=build, database=database,
+                   layers=layers, latency=latency, hits=hits, ceiling=ceiling, memo=memo, exact=exact,
+                   accuracy=accuracy, calibration=calibration, calib=calib, measured=measured,
+                   alternatives=_alternatives(stored.ids, stored_exact, run.ids, exact))
+
+
+def _built_file(db_dir: Path) -> Path:
+    """Beside a database this module built: what its build reported (calibration rewrites only
+    the manifest's serving choice, so a database of the same model and texts serves again)."""
+    return db_dir.with_name(db_dir.name + ".built.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Build:
+    texts: int
+    bytes_on_disk: int
+    fresh: bool = True
+
+
+def _content_key(model: Path, corpus: Path, max_length: int, dtype: str) -> str:
+    """A short hash of what a database is built from: the model file's identity, the stored texts, the settings.
+
+    Workloads that store the same texts (edited and diverse do) share one database: building
+    one takes over a minute for 64 documents at 256 tokens.
+    """
+    import hashlib
+    stat = model.stat()
+    digest = hashlib.sha256(f"{model.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{max_length}|{dtype}|".encode())
+    digest.update(corpus.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _built(db_dir: Path) -> _Build | None:
+    """The build report of a database this module built at ``db_dir``, None if there is none (or it is damaged)."""
+    from attmemo.store import MemoDatabase, MemoDatabaseError
+    try:
+        report = json.loads(_built_file(db_dir).read_text())
+        MemoDatabase.open(db_dir)
+    except (OSError, ValueError, MemoDatabaseError):
+        return None
+    return _Build(report["texts"], report["bytes_on_disk"], fresh=False)
+
+
+def _result(w: Workload, *, max_length, settings, db_dir, build, database, layers, latency, hits, ceiling, memo,
+            exact, accuracy, calibration, calib, measured, alternatives) -> dict:
+    from attmemo.ceiling import cosine_stats
+
+    thresholds = database.thresholds
+    return {
+        "workload": w.name, "max_length": max_length, "description": w.description,
         "stored_texts": len(w.stored), "measured_queries": len(measured), "calibration_queries": len(calib),
         "dtype": settings.dtype, "_db_dir": db_dir,
         "latency_ms": latency,
@@ -132,25 +251,25 @@ def evaluate(workload: str, *, max_length: int, workdir: Path, settings: EvalSet
         "memo_rate_per_layer": {str(layer): hits[layer] for layer in layers},
         "ceiling_memo_rate": ceiling["overall"], "ceiling_memo_rate_per_layer": ceiling["per_layer"],
         "ceiling_thresholds": {str(k): v for k, v in ceiling["thresholds"].items()},
-        "ceiling_memo_rate_at_build_threshold": ceiling["at_build_threshold"],
+        "ceiling_memo_rate_at_build_threshold": ceiling["at_build_threshold"], "ceiling_sample": ceiling["sample"],
         "build_threshold": database.manifest.threshold,
         "cosine": dataclasses.asdict(cosine_stats(memo, exact)), "accuracy": accuracy, "db_bytes": build.bytes_on_disk,
         "layers": {str(layer): thresholds.get(layer) for layer in layers},
         "documents": None if database.document_serving is None else database.document_serving.as_json(),
         "alternatives": alternatives,
         "calibration": {"chosen": calibration.chosen.describe(), "seconds": calibration.seconds,
-                        "trials": [{"choice": t.describe(), "memo_rate": t.memo_rate, "cosine": t.cosine,
-                                    "key": "document" if t.documents is not None else "layer",
-                                    "layers": (list(t.documents.layers) if t.documents is not None
-                                               else sorted(t.thresholds)),
-                                    "closer": (t.documents.closer.as_json() if t.documents is not None
-                                               and t.documents.closer is not None else None),
-                                    "threshold": (t.documents.threshold if t.documents is not None
-                                                  else min(t.thresholds.values(), default=None)),
-                                    "accuracy_loss": t.accuracy_loss, "latency_ratio": t.latency_ratio}
-                                   for t in calibration.trials]},
+                        "trials": [_trial_json(t) for t in calibration.trials]},
     }
-    return result
+
+
+def _trial_json(t) -> dict:
+    docs = t.documents
+    return {"choice": t.describe(), "memo_rate": t.memo_rate, "cosine": t.cosine,
+            "key": "document" if docs is not None else "layer",
+            "layers": list(docs.layers) if docs is not None else sorted(t.thresholds),
+            "closer": docs.closer.as_json() if docs is not None and docs.closer is not None else None,
+            "threshold": docs.threshold if docs is not None else min(t.thresholds.values(), default=None),
+            "accuracy_loss": t.accuracy_loss, "latency_ratio": t.latency_ratio}
 
 
 def _accuracy(stored_emb, stored_labels, exact, memo, labels) -> dict:
@@ -175,7 +294,9 @@ class _Queries:
         from attmemo.builder.recorder import load_tokenizer, unpadded_inputs
 
         self.paths, self.texts = paths, list(texts)
-        tokenizer = load_tokenizer(paths["memo"], {})   # saved beside the model by models()
+        import onnx
+        metadata = {p.key: p.value for p in onnx.load(str(paths["memo"]), load_external_data=False).metadata_props}
+        tokenizer = load_tokenizer(paths["memo"], metadata)   # model.tokenizer/ beside it, else its source folder
         self.sessions = {}
         for name in sessions:
             if name == "memo":
@@ -213,7 +334,13 @@ class _Queries:
             recorder = Recorder(self.paths["memo"], Path(scratch))
         return [{layer: probs for layer, (_, probs) in recorder.run(self.ids[i]).items()} for i in indices]
 
-    def latency(self, count: int, rounds: int) -> dict[str, float]:
+    def latency(self, count: int, rounds: int, *, bars: Bars = no_bars) -> dict:
+        """Per session, ms per query and its time / the baseline's, over the first ``count`` texts.
+
+        Each text's time is its median over ``rounds`` interleaved rounds; "ms" is their mean and
+        "ratio" the ratio of their totals (the same thing divided by the baseline's): where
+        some texts hit and others miss, the median text says nothing of the time a stream saves.
+        """
         from attmemo import bench
         from attmemo.transforms.names import probs_value
         chosen = list(range(min(count, len(self.feeds))))
@@ -221,23 +348,22 @@ class _Queries:
         sessions = {"baseline": self.sessions["plain"], "oracle": self.sessions["oracle"],
                     "memo": self.sessions["memo"]}
         ms = {name: [] for name in sessions}
-        ratio = {name: [] for name in sessions}
+        bar = bars(desc="timing baseline, oracle and memoized", total=len(chosen), unit="query")
         for i, p in zip(chosen, probs):
             oracle = {probs_value(layer): P[None] for layer, P in p.items()}
             t = bench.interleaved(sessions, self.feeds[i], baseline="baseline", rounds=rounds,
                                   extra_feeds={"oracle": oracle})
             for name in sessions:
                 ms[name].append(t.median_ms[name])
-                ratio[name].append(t.ratio[name])
-        # Where some queries hit and others miss, the median query is one or the other; the
-        # ratio of total times says what a stream of such queries costs.
-        return {**{name: float(np.median(v)) for name, v in ms.items()},
-                "ratio": {name: float(np.median(v)) for name, v in ratio.items()},
-                "total_ratio": {name: float(np.sum(v) / np.sum(ms["baseline"])) for name, v in ms.items()},
-                "timed_queries": len(chosen)}
+            bar.update(1)
+        bar.close()
+        return {**{name: float(np.mean(v)) for name, v in ms.items()},
+                "ratio": {name: float(np.sum(v) / np.sum(ms["baseline"])) for name, v in ms.items()},
+                "timed_queries": len(chosen), "rounds": rounds}
 
 
-def _ceiling(model: Path, stored_ids, query_ids, thresholds: dict[int, float], default: float) -> dict:
+def _ceiling(model: Path, stored_ids, query_ids, thresholds: dict[int, float], default: float, *,
+             bars: Bars = no_bars) -> dict:
     """Perfect retriever: per query and layer, the stored text of the same length with the closest true attention.
 
     Exhaustive search by mean TV distance (attmemo.ceiling), on true attention of both
@@ -245,7 +371,7 @@ def _ceiling(model: Path, stored_ids, query_ids, thresholds: dict[int, float], d
     """
     from attmemo.ceiling import ceiling_memo_rate, record_best_match
 
-    best = record_best_match(model, stored_ids, query_ids)
+    best = record_best_match(model, stored_ids, query_ids, bars=bars)
     taus = {layer: thresholds.get(layer, default) for layer in range(best.similarity.shape[1])}
     rate = ceiling_memo_rate(best.similarity, taus)
     # The key network's similarity is not the true one (it is trained to rank, and runs
@@ -269,35 +395,65 @@ def write_json(result: dict, path: Path) -> None:
 
 
 def table(result: dict) -> list[str]:
-    """The one table ``attmemo eval`` prints."""
+    """The one table ``attmemo eval`` prints, its notes, and the verdict last."""
     from attmemo.store.serving import Documents
     lat, cos = result["latency_ms"], result["cosine"]
-    ratio, total = lat["ratio"], lat.get("total_ratio", {})
     lines = [f"workload {result['workload']}, max {result['max_length']} tokens, batch 1 unpadded: "
              f"{result['stored_texts']} stored texts, {result['measured_queries']} measured queries",
-             f"{'':34}{'median ms':>10}{'/ baseline':>12}{'total / baseline':>18}",
-             *(f"{label:34}{lat[name]:>10.2f}{ratio[name]:>12.3f}{total.get(name, float('nan')):>18.3f}"
+             f"time: per query the median of {lat.get('rounds', '?')} interleaved rounds, on "
+             f"{lat['timed_queries']} queries; '/ baseline' = total time / the baseline's total time",
+             f"{'':34}{'ms per query':>13}{'/ baseline':>12}",
+             *(f"{label:34}{lat[name]:>13.2f}{lat['ratio'][name]:>12.3f}"
                for name, label in (("baseline", "baseline (unmodified model)"),
                                    ("oracle", "oracle (true attention, free)"), ("memo", "memoized (calibrated)"))),
              "document key: " + ("off" if result.get("documents") is None else
                                  f"threshold {Documents.from_json(result['documents']).describe()}")
              + "; per-layer lookups: " + ", ".join(f"L{k} {'off' if v is None else f'tau {v:g}'}"
                                                    for k, v in result["layers"].items()),
-             "memo rate per layer: " + ", ".join(f"L{k} {v:.2f}" for k, v in result["memo_rate_per_layer"].items())
+             "memo rate (share of queries reusing stored attention) per layer: "
+             + ", ".join(f"L{k} {v:.2f}" for k, v in result["memo_rate_per_layer"].items())
              + f"; overall {result['memo_rate']:.3f}",
-             "ceiling (perfect retriever):  " + ", ".join(f"L{k} {v:.2f}" for k, v in
-                                                        result["ceiling_memo_rate_per_layer"].items())
+             f"ceiling (perfect retriever, {result.get('ceiling_sample', '?')} queries):  "
+             + ", ".join(f"L{k} {v:.2f}" for k, v in result["ceiling_memo_rate_per_layer"].items())
              + f"; overall {result['ceiling_memo_rate']:.3f} "
              f"(at the build's tau {result['build_threshold']:g}: {result['ceiling_memo_rate_at_build_threshold']:.3f})",
-             f"cosine to exact: mean {cos['mean']:.4f}, p1 {cos['p1']:.4f}, min {cos['min']:.4f}"]
+             f"cosine of the sentence embedding to exact (1 = identical): mean {cos['mean']:.4f}, "
+             f"1st percentile {cos['p1']:.4f}, min {cos['min']:.4f}"]
     if result["accuracy"] is not None:
         acc = result["accuracy"]
         lines.append(f"nearest-centroid accuracy: exact {acc['exact']:.3f}, memoized {acc['memo']:.3f}")
     for name, alt in result["alternatives"].items():
-        lines.append(f"alternative {name.replace('_', ' ')}: hit rate {alt['hit_rate']:.2f}, cosine mean "
-                     f"{alt['cosine']['mean']:.4f}, p1 {alt['cosine']['p1']:.4f}, min {alt['cosine']['min']:.4f}")
+        lines.append(f"alternative {name.replace('_', ' ')}: answers {alt['hit_rate']:.0%} of queries without the "
+                     f"model, cosine mean {alt['cosine']['mean']:.4f}, 1st percentile {alt['cosine']['p1']:.4f}, "
+                     f"min {alt['cosine']['min']:.4f}")
     lines.append(f"database: {result['db_bytes'] / 2**20:.0f} MiB ({result['dtype']} attention)")
-    return lines
+    return lines + _notes(result) + [f"verdict: {eval_verdict(result)}"]
+
+
+def _notes(result: dict) -> list[str]:
+    """Where memoized beats exact (or the oracle, a bound) on a metric: say it is noise."""
+    from attmemo.verdict import beats_exact_note
+    lat, notes = result["latency_ms"], []
+    if result["accuracy"] is not None:
+        acc = result["accuracy"]
+        notes.append(beats_exact_note("accuracy", acc["memo"], acc["exact"], result["measured_queries"]))
+    if lat["ratio"]["memo"] < lat["ratio"]["oracle"]:
+        notes.append(f"note: memoized time {lat['ratio']['memo']:.3f} is below the oracle's {lat['ratio']['oracle']:.3f}, "
+                     f"which is a bound: timing noise on {lat['timed_queries']} queries")
+    return [n for n in notes if n]
+
+
+def eval_verdict(result: dict) -> str:
+    """The verdict of one evaluation (attmemo.verdict), from its JSON-ready result."""
+    from attmemo.calibrate import MIN_GAIN, Budget
+    from attmemo.verdict import Candidate, budget_text, off_reason, verdict
+
+    serving = result.get("documents") is not None or any(v is not None for v in result["layers"].values())
+    timed = [Candidate(t["choice"], t.get("latency_ratio"), t["memo_rate"]) for t in result["calibration"]["trials"]]
+    reason = off_reason(timed, min_gain=MIN_GAIN, budget_text=budget_text(Budget(), labels=result["accuracy"] is not None))
+    return verdict(subject=f"the {result['workload']} queries", serving=serving,
+                   latency_ratio=result["latency_ms"]["ratio"]["memo"], memo_rate=result["memo_rate"],
+                   cosine_mean=result["cosine"]["mean"], cosine_p1=result["cosine"]["p1"], off_reason=reason)
 
 
 def _tradeoff_curves(result: dict) -> list[tuple[str, list[dict], str]]:
@@ -336,7 +492,7 @@ def write_png(result: dict, path: Path) -> Path:
     lat = result["latency_ms"]
     names = ["baseline", "oracle", "memo"]
     times.bar(names, [lat[n] for n in names], color=["#7f7f7f", "#c7c7c7", "#1f77b4"])
-    times.set_ylabel("median ms (batch 1, unpadded)")
+    times.set_ylabel("ms per query (batch 1, unpadded)")
     times.set_title(f"cosine to exact: mean {result['cosine']['mean']:.3f}", fontsize=10)
     for label, trials, color in _tradeoff_curves(result):
         rates = [t["memo_rate"] for t in trials]

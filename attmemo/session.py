@@ -28,7 +28,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from attmemo import custom_ops
+from attmemo import custom_ops, session_errors
 from attmemo.custom_ops import registry
 from attmemo.custom_ops.registry import LAYERS_KEY, MODEL_ID_KEY
 from attmemo import document_tier
@@ -106,6 +106,9 @@ class InferenceSession(ort.InferenceSession):
         if isinstance(db, ort.SessionOptions):
             raise TypeError("attmemo.InferenceSession(path, db, ...): the second argument is the memo database "
                             "folder; pass SessionOptions as sess_options=.")
+        session_errors.check_model_path(path_or_bytes)
+        if db is not None and strict is not False:
+            session_errors.check_db_folder(db)
         found = db is None and isinstance(path_or_bytes, (str, os.PathLike)) and default_db_dir(path_or_bytes).is_dir()
         if found:
             db = default_db_dir(path_or_bytes)
@@ -121,7 +124,8 @@ class InferenceSession(ort.InferenceSession):
         options = session_options(None, sess_options)
         if database is not None and database.document_serving is not None:
             _no_spinning_unless_set(options)
-        super().__init__(model or path_or_bytes, sess_options=options, **kwargs)
+        with session_errors.model_errors(path_or_bytes):
+            super().__init__(model or path_or_bytes, sess_options=options, **kwargs)
         if database is None:
             return
         # The model is compared with the database through the created session's metadata, not

@@ -116,7 +116,7 @@ def test_build_db_prints_progress_fit_sizes_and_a_self_check(built):
     db, stdout = built
     assert f"recording: {len(MEMBERS)}" in stdout and "texts/s" in stdout and "ETA" in stdout
     assert stdout.count("Spearman") == LAYERS
-    assert "of a padded fp32 matrix" in stdout
+    assert "of the float32 matrices padded to" in stdout
     assert "check: first corpus texts" in stdout and "L5 3/3" in stdout
     manifest = json.loads((db / "manifest.json").read_text())
     assert manifest["corpus"]["texts"] == len(MEMBERS) and manifest["dtype"] == "unorm16"
