@@ -253,15 +253,20 @@ def _other_number(digits: str, rng: random.Random) -> str | None:
 
 
 def _edited(*, stored: int, queries: int, seed: int) -> Workload:
-    _check_edits("edited", stored=stored, queries=queries)
+    return _edited_copies("edited", edit_text, stored=stored, queries=queries, seed=seed,
+                          how=f"with {WORD_RATE:.0%} of words swapped in place and some numbers and dates changed")
+
+
+def _edited_copies(name: str, edit, *, stored: int, queries: int, seed: int, how: str) -> Workload:
+    """``stored`` BBC documents in the database; the queries are the first ``queries`` of them, each ``edit``ed."""
+    _check_edits(name, stored=stored, queries=queries)
     db, _ = split_bbc(seed=seed)
-    db = _take(db, stored, "edited")
-    rng = random.Random(f"edited-{seed}")
-    edited = [edit_text(text, rng=rng) for text, _ in db[:queries]]
+    db = _take(db, stored, name)
+    rng = random.Random(f"{name}-{seed}")
+    edited = [edit(text, rng=rng) for text, _ in db[:queries]]
     labels = [label for _, label in db]
-    return Workload("edited", [t for t, _ in db], labels, edited, labels[:queries],
-                    f"BBC News documents: {stored} in the database; queries are the first {queries} of them "
-                    f"with {WORD_RATE:.0%} of words swapped in place and some numbers and dates changed")
+    return Workload(name, [t for t, _ in db], labels, edited, labels[:queries],
+                    f"BBC News documents: {stored} in the database; queries are the first {queries} of them {how}")
 
 
 def _check_edits(name: str, *, stored: int, queries: int) -> None:
@@ -330,17 +335,10 @@ def revise_text(text: str, *, rng: random.Random, edits: tuple[int, int] = REVIS
 
 
 def _revised(*, stored: int, queries: int, seed: int) -> Workload:
-    _check_edits("revised", stored=stored, queries=queries)
-    db, _ = split_bbc(seed=seed)
-    db = _take(db, stored, "revised")
-    rng = random.Random(f"revised-{seed}")
-    revised = [revise_text(text, rng=rng) for text, _ in db[:queries]]
-    labels = [label for _, label in db]
     low, high = REVISION_EDITS
-    return Workload("revised", [t for t, _ in db], labels, revised, labels[:queries],
-                    f"BBC News documents: {stored} in the database; queries are the first {queries} of them "
-                    f"revised: {low}-{high} words or short phrases inserted, deleted or replaced by ones of "
-                    f"another length (positions shift), and some numbers and dates changed freely")
+    return _edited_copies("revised", revise_text, stored=stored, queries=queries, seed=seed,
+                          how=f"revised: {low}-{high} words or short phrases inserted, deleted or replaced by ones "
+                              f"of another length (positions shift), and some numbers and dates changed freely")
 
 
 # --- templated: generated messages ------------------------------------------------------

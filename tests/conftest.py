@@ -79,6 +79,33 @@ def tiny_db(tiny_model, tiny_models_dir):
     return model, db, corpus
 
 
+@pytest.fixture
+def documents_only(tiny_db, tmp_path):
+    """A copy of the tiny database serving the document key alone (every layer, threshold 0.9)."""
+    from attmemo.store import serving
+
+    model, db, _ = tiny_db
+    copy = tmp_path / "bert.memo"
+    shutil.copytree(db, copy)
+    serving.write(copy, thresholds={}, documents=serving.Documents(0.9, (0, 1)), measured={})
+    return model, copy
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_db):
+    from transformers import AutoTokenizer
+
+    from attmemo.export.hf_export import tokenizer_dir_for
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir_for(tiny_db[0])))
+
+
+@pytest.fixture(scope="session")
+def exact(tiny_db):
+    """The model with every MemoAttention inlined to its exact branch (what a miss runs)."""
+    from attmemo.session import exact_model, rewritten_model_bytes
+    return ort.InferenceSession(rewritten_model_bytes(tiny_db[0], exact_model))
+
+
 def run_model(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
     names = {i.name for i in session.get_inputs()}
     return session.run(None, {k: v for k, v in feeds.items() if k in names})[0]

@@ -9,7 +9,6 @@ model exactly as without the key. Batches and padding: tests/test_serving_paths.
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import onnxruntime as ort
@@ -19,31 +18,6 @@ import attmemo
 from attmemo.store import MemoDatabase, MemoDatabaseError, serving
 from attmemo.store.documents import DocumentIndex
 from conftest import TINY_CORPUS
-
-
-@pytest.fixture
-def documents_only(tiny_db, tmp_path):
-    """A copy of the tiny database serving the document key alone (every layer, threshold 0.9)."""
-    model, db, _ = tiny_db
-    copy = tmp_path / "bert.memo"
-    shutil.copytree(db, copy)
-    serving.write(copy, thresholds={}, documents=serving.Documents(0.9, (0, 1)), measured={})
-    return model, copy
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_db):
-    from transformers import AutoTokenizer
-
-    from attmemo.export.hf_export import tokenizer_dir_for
-    return AutoTokenizer.from_pretrained(str(tokenizer_dir_for(tiny_db[0])))
-
-
-@pytest.fixture(scope="module")
-def exact(tiny_db):
-    """The model with every MemoAttention inlined to its exact branch (what a miss runs)."""
-    from attmemo.session import exact_model, rewritten_model_bytes
-    return ort.InferenceSession(rewritten_model_bytes(tiny_db[0], exact_model))
 
 
 def _ids(tokenizer, text: str) -> np.ndarray:

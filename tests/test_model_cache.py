@@ -5,20 +5,26 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 
 import attmemo
 from attmemo import model_cache
 from conftest import padded_feeds, run_model
 
 
-def test_the_exact_model_is_rewritten_once_and_read_back_after(tiny_model, tmp_path, monkeypatch):
+@pytest.fixture
+def model(tiny_model, tmp_path, monkeypatch):
+    """(a MemoAttention model of the tiny bert, its feeds), with a cache of this test's own."""
     from attmemo.transforms.model_file import transform_file
 
     folder, plain = tiny_model("bert")
-    model = tmp_path / "m.onnx"
-    transform_file(plain, model)
+    transform_file(plain, tmp_path / "m.onnx")
     monkeypatch.setenv("ATTMEMO_CACHE", str(tmp_path / "cache"))
-    feeds = padded_feeds(folder)
+    return tmp_path / "m.onnx", padded_feeds(folder)
+
+
+def test_the_exact_model_is_rewritten_once_and_read_back_after(model):
+    model, feeds = model
     first = run_model(attmemo.InferenceSession(str(model)), feeds)
     kept = model_cache.cache_path(model, "exact")
     assert kept.is_file()
@@ -30,14 +36,8 @@ def test_the_exact_model_is_rewritten_once_and_read_back_after(tiny_model, tmp_p
     assert model_cache.cache_path(model, "exact") != kept
 
 
-def test_a_kept_model_whose_bytes_changed_is_rewritten_not_served(tiny_model, tmp_path, monkeypatch):
-    from attmemo.transforms.model_file import transform_file
-
-    folder, plain = tiny_model("bert")
-    model = tmp_path / "m.onnx"
-    transform_file(plain, model)
-    monkeypatch.setenv("ATTMEMO_CACHE", str(tmp_path / "cache"))
-    feeds = padded_feeds(folder)
+def test_a_kept_model_whose_bytes_changed_is_rewritten_not_served(model):
+    model, feeds = model
     first = run_model(attmemo.InferenceSession(str(model)), feeds)
     kept = model_cache.cache_path(model, "exact")
     damaged = bytearray(kept.read_bytes())

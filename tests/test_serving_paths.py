@@ -25,34 +25,11 @@ from attmemo.store import MemoDatabase, serving
 from conftest import TINY_CORPUS
 
 
-@pytest.fixture
-def documents_only(tiny_db, tmp_path):
-    model, db, _ = tiny_db
-    copy = tmp_path / "bert.memo"
-    shutil.copytree(db, copy)
-    serving.write(copy, thresholds={}, documents=serving.Documents(0.9, (0, 1)), measured={})
-    return model, copy
-
-
 @pytest.fixture(autouse=True)
 def detached(tiny_db):
     """A database attached here would serve every later session of the tiny bert in the process."""
     yield
     registry.detach(MemoDatabase.open(tiny_db[1]).model_id)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_db):
-    from transformers import AutoTokenizer
-
-    from attmemo.export.hf_export import tokenizer_dir_for
-    return AutoTokenizer.from_pretrained(str(tokenizer_dir_for(tiny_db[0])))
-
-
-@pytest.fixture(scope="module")
-def exact(tiny_db):
-    from attmemo.session import exact_model, rewritten_model_bytes
-    return ort.InferenceSession(rewritten_model_bytes(tiny_db[0], exact_model))
 
 
 def _batch(tokenizer, texts: list[str], session) -> dict[str, np.ndarray]:
