@@ -8,12 +8,14 @@ What ``attmemo calibrate`` runs. On held-out texts, with the real model and data
 3. per tau within the quality budget, also "only the layers that hit often": a layer that
    rarely hits costs a lookup per run and, by ending the lookups of later layers when
    nothing hit, can hide their hits;
-4. the document key (attmemo.document_tier) at each share of matching positions in
+4. the document key (its executor, store/document_executor.py, through the batch-1 fast
+   path of attmemo.document_tier) at each share of matching positions in
    DOCUMENT_THRESHOLDS, every layer reusing on a hit and misses running the exact model;
    where that breaks the budget, a greedy search for the set of layers that reuses most
    within it, and the layers left out in a closer tier (_document_trials);
 5. the latency of the best candidates of each kind and of "off", interleaved on the same
-   texts; the fastest within budget wins only if it beats "off" by ``min_gain``, else
+   texts; the fastest within budget wins only if it beats "off" by ``min_gain`` even at the
+   slow end of its rounds (ratio + spread), else
    memoization is switched off (sessions then run the exact model).
 
 Choices are made on half the texts; a candidate must also keep the budget on the other
@@ -166,7 +168,7 @@ def calibrate(model: str | Path, texts: Sequence[str], labels: Sequence[str] | N
         if budget.holds(chosen_half(layer_trials[-1])) and often and often != everywhere:
             layer_trials.append(measure(often))
     document_trials = []
-    if runner.documents and document_thresholds:
+    if runner.has_document_key and document_thresholds:
         document_trials = _document_trials(measure_documents, runner.every_layer, budget, chosen_half,
                                            runner.closer_trial)
         closer = [t for t in document_trials if t.documents.closer is not None]
@@ -312,8 +314,9 @@ def _write_choice(folder: Path, chosen: Trial, budget: Budget, *, texts: int) ->
 class _Runner:
     """The held-out texts, one unpadded text per run (batch 1), under each serving choice.
 
-    Sessions: the rewritten model (per-layer lookups, the database attached to the op
-    registry only while a choice with thresholds runs), the exact model (what "off" and a
+    Sessions: the rewritten model under a private model id (per-layer lookups: a view of
+    the database serving the choice is attached under that id only while the choice runs,
+    so live sessions of the model are never touched), the exact model (what "off" and a
     document-key miss run) and, per set of layers the document key serves, the fed model
     of those layers (a document-key hit), as attmemo.InferenceSession would run them.
     """
@@ -344,7 +347,7 @@ class _Runner:
         self.every_layer = tuple(sorted(database.manifest.layers))
         self._fed_sessions: dict[tuple[int, ...], object] = {}
         self.attached = None   # the view of the database serving the per-layer lookups being tried
-        self.documents = database.documents is not None and self.fed_session(self.every_layer) is not None
+        self.has_document_key = database.documents is not None and self.fed_session(self.every_layer) is not None   # token tables, and a fed model that loads
         tokenizer = load_tokenizer(model, metadata)
         names = {i.name for i in self.session.get_inputs()}
         self.feeds = [_feed(tokenizer, text, names, max_length) for text in texts]
@@ -391,7 +394,7 @@ class _Runner:
         """
         from attmemo.document_tier import fast_path
 
-        if documents is not None and self.documents:
+        if documents is not None and self.has_document_key:
             found = fast_path(executor or self.executor(documents), feed)
             if found is not None:
                 layers, fed = found
@@ -506,7 +509,7 @@ class _Runner:
         from attmemo.document_tier import single_sequence
 
         ids = single_sequence(feed)
-        if thresholds or documents is None or not self.documents or ids is None:
+        if thresholds or documents is None or not self.has_document_key or ids is None:
             return None
         begin = time.perf_counter()
         found = executor.single(ids)
