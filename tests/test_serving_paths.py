@@ -76,6 +76,8 @@ def test_a_batch_reuses_per_sequence_and_computes_the_others_exactly(documents_o
         out = session.run(None, feed)[0]
         after = database.stats.snapshot()
         assert [after[k]["hits"] - before.get(k, {}).get("hits", 0) for k in (0, 1)] == [2, 2]
+        assert [after[k]["fallbacks"] - before.get(k, {}).get("fallbacks", 0) for k in (0, 1)] == [0, 0], \
+            "the hits were delivered, not dropped to the exact path"
         # A sequence is looked up where a stored text has its length (the unseen one may have none).
         compared = sum(int(n) in database.stored_lengths for n in feed["attention_mask"].sum(axis=1))
         assert [after[k]["lookups"] - before.get(k, {}).get("lookups", 0) for k in (0, 1)] == [compared] * 2
@@ -83,6 +85,8 @@ def test_a_batch_reuses_per_sequence_and_computes_the_others_exactly(documents_o
             n = int(feed["attention_mask"][b].sum())
             # Stored texts reuse their own recorded attention; the unseen one computes exactly.
             np.testing.assert_allclose(out[b, :n], _alone(exact, feed, b), atol=2e-4, err_msg=f"sequence {b}")
+        # The stored texts' rows come from the stored (unorm16) attention, not from the exact path.
+        assert not np.array_equal(out[0, :int(feed["attention_mask"][0].sum())], _alone(exact, feed, 0))
 
 
 def test_padding_never_creates_a_match(documents_only, tokenizer, exact):
