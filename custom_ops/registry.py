@@ -23,6 +23,9 @@ class Memo(Protocol):
     def lookup(self, layer: int, features_BF: np.ndarray, mask_BS: np.ndarray | None):
         """Return (hit_B bool[B], stored_BHSS uint16 unorm16) for one batch of pooled key features."""
 
+    # Optional: ``executor``, the document key's executor (store/document_executor.py) that
+    # MemoGate asks once per run and MemoFetch delivers from; without it the key is not served.
+
 
 # Metadata key of a rewritten model's weights fingerprint; its MemoAttention nodes carry the
 # same value as ``model_id``, and a database's manifest names the model it was built for by it.
