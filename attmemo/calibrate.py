@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .ceiling import row_cosines, stats_of
+from .document_tier import FedModel, fed_models
 from .store.serving import Documents, Plan
 
 log = logging.getLogger(__name__)
@@ -345,31 +346,34 @@ class _Runner:
         self.off_session = (ort.InferenceSession(exact, quiet_session_options()) if exact is not None
                             else self.session)
         self.every_layer = tuple(sorted(database.manifest.layers))
-        self._fed_sessions: dict[tuple[int, ...], object] = {}
+        self._fed_sessions: dict[FedModel, object] = {}
         self.attached = None   # the view of the database serving the per-layer lookups being tried
-        self.has_document_key = database.documents is not None and self.fed_session(self.every_layer) is not None   # token tables, and a fed model that loads
+        # Token tables, and a fed model that loads.
+        self.has_document_key = (database.documents is not None
+                                 and self.fed_session(FedModel(self.every_layer)) is not None)
         tokenizer = load_tokenizer(model, metadata)
         names = {i.name for i in self.session.get_inputs()}
         self.feeds = [_feed(tokenizer, text, names, max_length) for text in texts]
-        # Per text, the share of positions it has in common with its nearest stored text (0: none of its length).
+        # Per text, the share of tokens it has in common with the stored text it would be served
+        # from (documents.DocumentIndex.best: position for position or through an alignment; 0: none).
         self.shares = np.array([_share(database.documents, feed["input_ids"][0]) for feed in self.feeds])
 
-    def fed_session(self, layers: tuple[int, ...], *, keep: bool = True):
-        """The onnxruntime session of the fed model of ``layers``, None if it has none.
+    def fed_session(self, which: FedModel, *, keep: bool = True):
+        """The onnxruntime session of the fed model ``which``, None if it has none.
 
         keep: made once and kept (a MiniLM session holds ~90 MB, and a search tries up to 21 sets).
         """
         import onnxruntime as ort
 
         from attmemo.bench import quiet_session_options
-        from attmemo.session import fed_model, rewritten_model_bytes
+        from attmemo.session import fed_model_bytes
 
-        if layers in self._fed_sessions:
-            return self._fed_sessions[layers]
-        fed = rewritten_model_bytes(self.model, lambda m: fed_model(m, layers, self.database.codec))
+        if which in self._fed_sessions:
+            return self._fed_sessions[which]
+        fed = fed_model_bytes(self.model, which, self.database)
         session = None if fed is None else ort.InferenceSession(fed, quiet_session_options())
         if keep:
-            self._fed_sessions[layers] = session
+            self._fed_sessions[which] = session
         return session
 
     def executor(self, documents: Documents):
@@ -397,8 +401,8 @@ class _Runner:
         if documents is not None and self.has_document_key:
             found = fast_path(executor or self.executor(documents), feed)
             if found is not None:
-                layers, fed = found
-                return self.fed_session(layers).run(None, fed)[0]
+                which, fed = found
+                return self.fed_session(which).run(None, fed)[0]
         return (self.session if thresholds else self.off_session).run(None, feed)[0]
 
     def embed(self, thresholds: dict[int, float] | None, *, counted: list | None = None) -> np.ndarray:
@@ -432,13 +436,16 @@ class _Runner:
 
         from attmemo.document_tier import fast_path
 
-        session, lowest = self.fed_session(layers, keep=False), min(thresholds)
+        sessions, lowest = {}, min(thresholds)   # per fed model of ``layers``: position for position, aligned
         executor = self.executor(Documents(lowest, layers))
         reused = exact.copy()
         for i, feed in enumerate(self.feeds):
             found = fast_path(executor, feed) if self.shares[i] >= lowest else None
             if found is not None:
-                reused[i] = sentence_embedding(session.run(None, found[1])[0], feed["attention_mask"])[0]
+                which, fed = found
+                if which not in sessions:
+                    sessions[which] = self.fed_session(which, keep=False)
+                reused[i] = sentence_embedding(sessions[which].run(None, fed)[0], feed["attention_mask"])[0]
         trials = []
         for tau in thresholds:
             hit = self.shares >= tau
@@ -473,8 +480,8 @@ class _Runner:
         configs = [({}, None, None), *((c.thresholds, c.documents, c.documents and self.executor(c.documents))
                                        for c in choices)]
         for documents in {c.documents for c in choices if c.documents is not None}:
-            for layers in documents.tiers():
-                self.fed_session(layers)   # made before timing starts
+            for which in fed_models(documents, aligns=self.database.documents.aligns):
+                self.fed_session(which)   # made before timing starts
         totals = np.zeros(len(configs))
         per_round = np.zeros((max(rounds, 1), len(configs)))   # each round's total, per config
         for feed in self.feeds:
@@ -517,7 +524,7 @@ class _Runner:
 
 
 def _share(documents, ids: np.ndarray) -> float:
-    match = None if documents is None else documents.nearest(ids)
+    match = None if documents is None else documents.best(ids, min_share=0.0)
     return 0.0 if match is None else match.similarity
 
 
