@@ -355,6 +355,7 @@ class _Runner:
         import onnx
         import onnxruntime as ort
 
+        from attmemo import session_errors
         from attmemo.bench import quiet_session_options
         from attmemo.session import exact_model, mismatch, private_model, rewritten_model_bytes, session_options
         from attmemo.store import MemoDatabaseError
@@ -370,7 +371,8 @@ class _Runner:
         rewritten = rewritten_model_bytes(model, lambda m: private_model(m, self.private_id))
         if rewritten is None:
             raise MemoDatabaseError(f"{model}: cannot be rewritten for calibration; export it again with attmemo-export.")
-        self.session = ort.InferenceSession(rewritten, session_options(sess_options=quiet_session_options()))
+        with session_errors.model_errors(model):
+            self.session = ort.InferenceSession(rewritten, session_options(sess_options=quiet_session_options()))
         exact = rewritten_model_bytes(model, exact_model, variant="exact")
         self.off_session = (ort.InferenceSession(exact, quiet_session_options()) if exact is not None
                             else self.session)

@@ -486,6 +486,10 @@ def _notes(result: dict) -> list[str]:
     if result["accuracy"] is not None:
         acc = result["accuracy"]
         notes.append(beats_exact_note("accuracy", acc["memo"], acc["exact"], result["measured_queries"]))
+    aligned = sum(b["aligned"] for b in (result.get("by_share") or {}).get("bins", []))
+    if aligned and result["memo_rate"] > result["ceiling_memo_rate"]:
+        notes.append(f"note: the ceiling searches stored texts of each query's own length only; {aligned} measured "
+                     "queries matched a stored text of another length through an alignment, which it cannot count")
     if lat["ratio"]["memo"] < lat["ratio"]["oracle"]:
         notes.append(f"note: memoized time {lat['ratio']['memo']:.3f} is below the oracle's {lat['ratio']['oracle']:.3f}, "
                      f"which is a bound: timing noise on {lat['timed_queries']} queries")

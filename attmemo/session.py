@@ -89,8 +89,9 @@ class InferenceSession(ort.InferenceSession):
     attmemo calibrate), run by the database's one executor (store/document_executor.py):
     the document key inside the model for any batch, as in a plain onnxruntime session,
     plus a faster door in ``run`` for one unpadded sequence (a hit runs a fed model that
-    reads the stored attention in place; one fed model per tier of the plan; see
-    attmemo.document_tier), and the per-layer learned-key lookups where the plan has them.
+    reads the stored attention in place; one fed model per tier of the plan, and one aligned
+    fed model per tier for texts found after edits that shift positions when the database
+    has a shift index; see attmemo.document_tier), and the per-layer learned-key lookups where the plan has them.
     With no database, or a plan that serves nothing, the model runs as the exact model (no
     Python op, no If). ``memo_status`` says what happened: "serving <db>: ...", "off: ...",
     "disabled: <reason>" or "no database".
