@@ -288,3 +288,16 @@ def test_a_choice_failing_the_other_half_is_refused_with_its_numbers():
     _, confirm_on = _halves(10)
     refusal = Budget().keeps(trial, confirm_on)
     assert refusal.startswith("not on the other half (") and "0.9" in refusal
+
+
+def test_the_fastest_choice_pays_only_beyond_its_timing_spread_and_ties_go_to_more_reuse():
+    from attmemo.calibrate import Trial, _fastest
+
+    def timed(ratio, spread, memo_rate):
+        return Trial({}, {0: memo_rate}, {}, None, latency_ratio=ratio, latency_spread=spread)
+
+    looser, stricter = timed(0.721, 0.17, 1.0), timed(0.708, 0.17, 0.71)
+    assert _fastest([looser, stricter], min_gain=0.01) is looser        # 0.013 apart, within the spread: a tie
+    looser, stricter = timed(0.721, 0.001, 1.0), timed(0.708, 0.001, 0.71)
+    assert _fastest([looser, stricter], min_gain=0.01) is stricter      # beyond both the spread and min_gain
+    assert _fastest([timed(0.95, 0.05, 1.0)], min_gain=0.01) is None   # its slow end is off's time
