@@ -1,0 +1,430 @@
+"""Texts admitted from traffic: an appendable segment of a database folder, within a byte budget.
+
+    admitted/<name>.entry   one text: header, its token ids, then per layer [H, n, n] attention
+    admitted/generation     replaced after every commit or eviction (readers stat it per run)
+    admitted/store.json     model id, heads and codec, for a folder that has no build
+    admitted/.lock          held (filelock) by the one process admitting or evicting
+
+Found by the one document executor: the folder's DocumentIndex consults this segment
+(documents.py) and a match in it has bucket ADMITTED_BUCKET, whose rows MemoDatabase hands
+here for delivery (``fed``, ``as_float``). Another process's commits reach this one when its
+generation file changes: one os.stat per lookup (~1 us), a directory listing when it did.
+
+Crash safety. An entry is written whole under a temporary name, then renamed: a text is in
+the store entirely or not at all. Eviction unlinks whole entries. So a process killed by
+SIGKILL at any point leaves only (a) a temporary file, removed by the next admission, or (b)
+a change the generation file does not announce yet, which new openers see and running
+readers pick up at the next announced change; a reader whose match was evicted meanwhile
+treats it as a miss. Written files are not fsynced: this survives killed processes, not
+power loss. Two processes admitting into one folder serialise on the lock (flock: released
+by the kernel when a holder dies) and each re-reads the folder under it.
+
+Budget. Bytes on disk (sizes of the built database's files + everything under admitted/)
+never exceed ``max_db_bytes``: before writing an entry, entries are evicted, least recently
+used first (cachetools keeps the order: a hit counts as a use), until it fits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import struct
+import threading
+from collections import Counter
+from pathlib import Path
+
+import cachetools
+import filelock
+import numpy as np
+
+from .admitted_index import AdmittedIndex
+from .layout import (ADMITTED_DESCRIPTOR, ADMITTED_DIR, ADMITTED_GENERATION, ADMITTED_LOCK, ADMITTED_SUFFIX,
+                     ADMITTED_TEMPORARY)
+from . import keys, serving
+from .documents import DocumentIndex
+from .manifest import FILENAME as MANIFEST, KeySpec, Manifest, MemoDatabaseError
+from .values import codec as value_codec
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"attmemo-admit-1\n"
+_ALIGN = 64                  # values start on a 64-byte boundary (whole float32/float16 blocks for onnxruntime)
+_GENERATION_RESERVE = 32     # the generation file's bytes, counted in the budget before it exists
+_MAX_MAPS = 256              # mapped entries kept open: each mapping holds a file descriptor
+_LOCK_SECONDS = 10.0         # an admission waits this long for another process's, then is skipped
+EVICTION = {"lru": cachetools.LRUCache, "lfu": cachetools.LFUCache, "random": cachetools.RRCache}
+# Tests name a point here; the process then kills itself there with SIGKILL (tests/test_admission.py).
+_KILL_AT = os.environ.get("ATTMEMO_TEST_KILL_AT")
+
+
+def _crash_point(name: str) -> None:
+    if _KILL_AT == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Entry:
+    """One admitted text: where its file is and where each layer's block starts in it."""
+
+    def __init__(self, name: str, n: int, heads: dict[int, int], offset: int, size: int):
+        self.name, self.n, self.heads, self.offset, self.size = name, n, heads, offset, size
+
+
+def entry_bytes(n: int, heads: dict[int, int], dtype: str, header: dict | None = None) -> int:
+    """Bytes of the file of one admitted text of ``n`` tokens storing ``heads`` ({layer: H})."""
+    return _values_offset(n, header or _header(n, heads, dtype, "x" * 64)) + \
+        sum(h * n * n for h in heads.values()) * value_codec(dtype).storage.itemsize
+
+
+def _header(n: int, heads: dict[int, int], dtype: str, model_id: str) -> dict:
+    return {"n": n, "dtype": dtype, "model_id": model_id, "layers": {str(k): v for k, v in sorted(heads.items())}}
+
+
+def _values_offset(n: int, header: dict) -> int:
+    size = len(MAGIC) + 4 + len(json.dumps(header, sort_keys=True).encode()) + 4 * n
+    return -(-size // _ALIGN) * _ALIGN
+
+
+class AdmittedStore:
+    """The admitted segment of one folder. Thread-safe. Reads always; admits once ``enable``d."""
+
+    def __init__(self, folder: Path, *, model_id: str, heads: dict[int, int], dtype: str, min_share: float,
+                 base_bytes: int):
+        """heads: {layer: H} every entry stores; min_share: the lowest similarity the plan serves;
+        base_bytes: what the built database's files take on disk (counted in the budget)."""
+        self.folder, self.dir = Path(folder), Path(folder) / ADMITTED_DIR
+        self.model_id, self.heads, self.dtype = model_id, dict(heads), dtype
+        self.storage = value_codec(dtype).storage
+        self.base_bytes = base_bytes
+        self.budget: int | None = None
+        self.index = AdmittedIndex(min_share)
+        self._entries: dict[int, _Entry] = {}
+        self._rows: dict[str, int] = {}               # file name -> row
+        self._next_row = 0
+        self._uses = EVICTION["lru"](maxsize=math.inf)
+        self._maps = cachetools.LRUCache(maxsize=_MAX_MAPS)
+        self._lock = threading.RLock()
+        self._file_lock = filelock.FileLock(str(self.folder / ADMITTED_LOCK), timeout=_LOCK_SECONDS)
+        self._seen: tuple | None = None
+        self.counts: Counter[str] = Counter()
+        self._logged: set[str] = set()
+        self._refresh(force=True)
+
+    # ---- reading -----------------------------------------------------------------------
+    def nearest(self, ids_n: np.ndarray) -> tuple[int, float] | None:
+        """(row, share of equal positions) of the best admitted text at >= the plan's threshold, or None.
+
+        A match counts as a use (eviction keeps what is used). One whose file another process
+        evicted since this one last looked is dropped: a miss, never an error.
+        """
+        with self._lock:
+            self._refresh()
+            found = self.index.nearest(ids_n)
+            if found is None:
+                return None
+            if self._mapped(found[0]) is None:
+                self._forget(found[0])
+                return None
+            self._uses.get(found[0])     # touch: LRU moves it last, LFU counts it
+            return found
+
+    def fed(self, layer: int, row: int, n: int, out_1Hnn: np.ndarray) -> np.ndarray:
+        """[1, H, n, n] of ``row`` as the fed model reads it: in place for float32/float16, else widened."""
+        block = self._block(layer, row, n)
+        if block.dtype == out_1Hnn.dtype:
+            return block
+        np.copyto(out_1Hnn, block)
+        return out_1Hnn
+
+    def as_float(self, layer: int, row: int, n: int, out_1Hnn: np.ndarray) -> np.ndarray:
+        block = self._block(layer, row, n)
+        if block.dtype == np.float32:
+            return block
+        value_codec(self.dtype).decode(block, out_1Hnn)
+        return out_1Hnn
+
+    def _block(self, layer: int, row: int, n: int) -> np.ndarray:
+        with self._lock:
+            entry, rows = self._entries[row], self._mapped(row)
+        if rows is None or entry.n != n:
+            raise LookupError(f"admitted entry {entry.name} is gone or is not {n} tokens long")
+        start = sum(h * n * n for k, h in sorted(entry.heads.items()) if k < layer)
+        return rows[start:start + entry.heads[layer] * n * n].reshape(1, entry.heads[layer], n, n)
+
+    def _mapped(self, row: int) -> np.ndarray | None:
+        rows = self._maps.get(row)
+        if rows is None:
+            entry = self._entries[row]
+            try:
+                rows = np.memmap(self.dir / entry.name, dtype=self.storage, mode="r", offset=entry.offset,
+                                 shape=((entry.size - entry.offset) // self.storage.itemsize,))
+            except (OSError, ValueError):
+                return None
+            self._maps[row] = rows
+        return rows
+
+    def refresh(self) -> None:
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self, *, force: bool = False) -> None:
+        """Take in what other processes committed or evicted, if the generation file says anything changed."""
+        stamp = _stamp(self.folder / ADMITTED_GENERATION)
+        if stamp == self._seen and not force:
+            return
+        self._seen = stamp
+        try:
+            names = {p for p in os.listdir(self.dir) if p.endswith(ADMITTED_SUFFIX)}
+        except FileNotFoundError:
+            names = set()
+        for name in set(self._rows) - names:
+            self._forget(self._rows[name])
+        for name in sorted(names - set(self._rows)):
+            self._load(name)
+
+    def _load(self, name: str) -> None:
+        try:
+            entry, ids = self._read_header(name)
+        except FileNotFoundError:
+            return                       # evicted while we listed
+        except (OSError, ValueError, KeyError, TypeError, struct.error) as error:
+            self._log_once("unreadable", f"{self.dir / name}: not a readable admitted entry ({error}); skipped")
+            return
+        row, self._next_row = self._next_row, self._next_row + 1
+        self._entries[row], self._rows[name] = entry, row
+        self.index.add(row, ids)
+        self._uses[row] = entry.size
+
+    def _read_header(self, name: str) -> tuple[_Entry, np.ndarray]:
+        path = self.dir / name
+        with open(path, "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                raise ValueError("no attmemo header")
+            (length,) = struct.unpack("<I", f.read(4))
+            header = json.loads(f.read(length))
+            n = int(header["n"])
+            ids = np.frombuffer(f.read(4 * n), np.int32)
+        heads = {int(k): int(v) for k, v in header["layers"].items()}
+        if header["model_id"] != self.model_id or header["dtype"] != self.dtype or heads != self.heads:
+            raise ValueError("stored for another model, codec or set of layers")
+        size = entry_bytes(n, heads, self.dtype, header)
+        if len(ids) != n or path.stat().st_size != size:
+            raise ValueError(f"{path.stat().st_size} bytes, expected {size}")
+        return _Entry(name, n, heads, _values_offset(n, header), size), ids
+
+    def _forget(self, row: int) -> None:
+        entry = self._entries.pop(row, None)
+        if entry is not None:
+            self._rows.pop(entry.name, None)
+        self.index.remove(row)
+        self._uses.pop(row, None)
+        self._maps.pop(row, None)
+
+    # ---- admitting ---------------------------------------------------------------------
+    def enable(self, *, max_db_bytes: int, eviction: str = "lru") -> None:
+        """Admit from now on, keeping the folder within ``max_db_bytes``; raise ValueError (one sentence) if it cannot."""
+        if eviction not in EVICTION:
+            raise ValueError(f"eviction={eviction!r}: use one of {', '.join(EVICTION)}.")
+        if not (isinstance(max_db_bytes, int) and not isinstance(max_db_bytes, bool) and max_db_bytes > 0):
+            raise ValueError(f"max_db_bytes={max_db_bytes!r}: give the folder's byte budget as a positive integer.")
+        floor = self.base_bytes + self._overhead()
+        if max_db_bytes <= floor:
+            raise ValueError(f"max_db_bytes={max_db_bytes} leaves no room to admit: {self.folder} already takes "
+                             f"{floor} bytes; give a larger budget.")
+        with self._lock:
+            self.budget = max_db_bytes
+            if not isinstance(self._uses, EVICTION[eviction]):
+                uses, self._uses = self._uses, EVICTION[eviction](maxsize=math.inf)
+                for row in uses:
+                    self._uses[row] = self._entries[row].size
+
+    def accepts(self, n: int) -> bool:
+        """Whether a text of ``n`` tokens would be admitted: admitting is on and one such text fits the budget.
+
+        The admission policy. What reaches it already missed the document key (a text
+        that matched a stored one is served, not stored twice).
+        """
+        if self.budget is None or n < 1:
+            return False
+        if self.base_bytes + self._overhead() + entry_bytes(n, self.heads, self.dtype) > self.budget:
+            self._log_once(f"too-long-{n}", f"a text of {n} tokens needs more than max_db_bytes={self.budget} "
+                                            "leaves for admitted texts; such texts are not admitted")
+            return False
+        return True
+
+    def admit(self, ids_n: np.ndarray, probs: dict[int, np.ndarray]) -> bool:
+        """Store one text: int[n] ids and {layer: [1 or none, H, n, n] in the store's dtype}. False if skipped.
+
+        Raises OSError if the disk refuses (the caller logs it; its run is unaffected).
+        """
+        ids_n = np.ascontiguousarray(ids_n, np.int32)
+        n = len(ids_n)
+        if not self.accepts(n):
+            return False
+        header = _header(n, self.heads, self.dtype, self.model_id)
+        size = entry_bytes(n, self.heads, self.dtype, header)
+        try:
+            with self._lock, self._file_lock:
+                self._refresh(force=True)
+                self._remove_temporaries()
+                if self.index.nearest(ids_n) is not None:
+                    return False          # another process admitted a match meanwhile
+                self._evict_for(size)
+                _crash_point("before-write")
+                name = self._write(ids_n, probs, header, size)
+                self._announce()
+                self._load(name)
+                self.counts["admitted"] += 1
+                return True
+        except filelock.Timeout:
+            self._log_once("lock", f"{self.folder / ADMITTED_LOCK}: held by another process for over "
+                                   f"{_LOCK_SECONDS:g} s; a text was not admitted")
+            return False
+
+    def _evict_for(self, size: int) -> None:
+        while self._entries and self.base_bytes + self._overhead() + self._used() + size > self.budget:
+            row, _ = self._uses.popitem()
+            entry = self._entries[row]
+            try:
+                os.unlink(self.dir / entry.name)
+            except FileNotFoundError:
+                pass
+            self._forget(row)
+            self.counts["evicted"] += 1
+            _crash_point("evicting")
+
+    def _write(self, ids_n: np.ndarray, probs: dict[int, np.ndarray], header: dict, size: int) -> str:
+        name = f"{os.getpid()}-{os.urandom(6).hex()}{ADMITTED_SUFFIX}"
+        temporary = self.dir / f"{ADMITTED_TEMPORARY}{name}"
+        head = json.dumps(header, sort_keys=True).encode()
+        prefix = MAGIC + struct.pack("<I", len(head)) + head + ids_n.tobytes()
+        with open(temporary, "wb") as f:
+            f.write(prefix + b"\0" * (_values_offset(len(ids_n), header) - len(prefix)))
+            for layer in sorted(self.heads):
+                block = np.ascontiguousarray(probs[layer], self.storage)
+                if block.size != self.heads[layer] * len(ids_n) ** 2:
+                    raise ValueError(f"layer {layer}'s attention is {list(block.shape)}, not "
+                                     f"[{self.heads[layer]}, {len(ids_n)}, {len(ids_n)}]")
+                f.write(memoryview(block).cast("B"))
+                _crash_point("writing")
+        if temporary.stat().st_size != size:
+            temporary.unlink()
+            raise ValueError(f"wrote {temporary.stat().st_size} bytes of an entry of {size}")
+        os.replace(temporary, self.dir / name)
+        _crash_point("committed")
+        return name
+
+    def _announce(self) -> None:
+        """Replace the generation file, so readers in other processes look again."""
+        path = self.folder / ADMITTED_GENERATION
+        try:
+            generation = int(path.read_text()) + 1
+        except (OSError, ValueError):
+            generation = 1
+        temporary = self.dir / f"{ADMITTED_TEMPORARY}generation-{os.getpid()}"
+        temporary.write_text(str(generation))
+        os.replace(temporary, path)
+        self._seen = _stamp(path)
+
+    def _remove_temporaries(self) -> None:
+        """Writes left by killed processes (under the lock, nobody else is writing)."""
+        for name in os.listdir(self.dir):
+            if name.startswith(ADMITTED_TEMPORARY):
+                try:
+                    os.unlink(self.dir / name)
+                    log.info("removed %s, left by an interrupted admission", self.dir / name)
+                except FileNotFoundError:
+                    pass
+
+    def _used(self) -> int:
+        return sum(entry.size for entry in self._entries.values())
+
+    def _overhead(self) -> int:
+        descriptor = self.folder / ADMITTED_DESCRIPTOR
+        return _GENERATION_RESERVE + (descriptor.stat().st_size if descriptor.exists() else 0)
+
+    def _log_once(self, kind: str, message: str) -> None:
+        if kind not in self._logged:
+            self._logged.add(kind)
+            log.warning("%s (logged once)", message)
+
+    def stats(self) -> dict:
+        """{"admitted", "evicted": by this process; "entries", "bytes": the folder's now (built + admitted)}."""
+        with self._lock:
+            return {"admitted": self.counts["admitted"], "evicted": self.counts["evicted"],
+                    "entries": len(self._entries), "bytes": self.base_bytes + self._overhead() + self._used()}
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+# ---- folders -------------------------------------------------------------------------------
+def has_segment(folder: Path) -> bool:
+    return (Path(folder) / ADMITTED_DIR).is_dir()
+
+
+def create(folder: Path, *, model_id: str, heads: dict[int, int], dtype: str) -> None:
+    """Make ``folder`` an admitted-only store (no build) if it is not a store yet; raise MemoDatabaseError if it is another's."""
+    folder = Path(folder)
+    (folder / ADMITTED_DIR).mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(folder / ADMITTED_LOCK), timeout=_LOCK_SECONDS):
+        descriptor = folder / ADMITTED_DESCRIPTOR
+        if not descriptor.exists():
+            temporary = folder / ADMITTED_DIR / f"{ADMITTED_TEMPORARY}store-{os.getpid()}"
+            temporary.write_text(json.dumps({"model_id": model_id, "dtype": dtype,
+                                             "layers": {str(k): v for k, v in sorted(heads.items())}}) + "\n")
+            os.replace(temporary, descriptor)
+
+
+def read_descriptor(folder: Path) -> tuple[str, dict[int, int], str]:
+    """(model id, {layer: heads}, dtype) of an admitted-only folder; MemoDatabaseError naming the file."""
+    path = Path(folder) / ADMITTED_DESCRIPTOR
+    try:
+        data = json.loads(path.read_text())
+        heads = {int(k): int(v) for k, v in data["layers"].items()}
+        value_codec(data["dtype"])
+        if not (isinstance(data["model_id"], str) and heads and all(h > 0 for h in heads.values())):
+            raise ValueError("bad fields")
+        return data["model_id"], heads, data["dtype"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise MemoDatabaseError(f"{path}: not a readable admitted-store description ({error}); "
+                                "remove the folder to start a new store.") from error
+
+
+# What a folder with no build and no calibration serves: the document key at 0.9 on every layer.
+# docs/benchmarks.md: on edited documents 0.9 reuses 100 % at cosine 0.9965 (p1 0.975), where 0.95
+# reuses 92 %; on templated messages, whose fills must not share attention, it reuses 6 % at p1 0.989.
+DEFAULT_SHARE = 0.9
+
+
+def open_admitted_only(cls, folder: Path):
+    """A ``cls`` (MemoDatabase) over a folder holding admitted texts only, serving DEFAULT_SHARE on every layer."""
+    model_id, heads, dtype = read_descriptor(folder)
+    key = KeySpec(segments=keys.POOL_SEGMENTS, hidden_pool=keys.POOL_HIDDEN, width=1, dim=1)   # no learned key
+    manifest = Manifest(model_id=model_id, layers=heads, buckets={}, dtype=dtype, threshold=DEFAULT_SHARE, key=key,
+                        corpus={"admitted": True}, files={})
+    plan = serving.Plan({}, serving.Documents(DEFAULT_SHARE, tuple(sorted(heads))))
+    database = cls(Path(folder), manifest, {}, DocumentIndex({}, {}), plan=plan)
+    attach(database)
+    return database
+
+
+def attach(database) -> None:
+    """Attach ``database``'s folder's admitted segment (if any) to its document key; no-op without one."""
+    folder, plan = Path(database.folder), database.document_serving
+    if not has_segment(folder) or database.documents is None or plan is None:
+        return
+    manifest = database.manifest
+    base = sum(entry["bytes"] for entry in manifest.files.values())
+    if (folder / MANIFEST).exists():
+        base += (folder / MANIFEST).stat().st_size
+    database.documents.admitted = AdmittedStore(
+        folder, model_id=manifest.model_id, heads={layer: manifest.layers[layer] for layer in plan.every_layer},
+        dtype=manifest.dtype, min_share=plan.threshold, base_bytes=base)
