@@ -72,10 +72,10 @@ class _Entry:
         self.name, self.n, self.heads, self.offset, self.size = name, n, heads, offset, size
 
 
-def entry_bytes(n: int, heads: dict[int, int], dtype: str, header: dict | None = None) -> int:
-    """Bytes of the file of one admitted text of ``n`` tokens storing ``heads`` ({layer: H})."""
-    return _values_offset(n, header or _header(n, heads, dtype, "x" * 64)) + \
-        sum(h * n * n for h in heads.values()) * value_codec(dtype).storage.itemsize
+def entry_bytes(header: dict) -> int:
+    """Bytes of the file of one admitted text with this header (``_header``)."""
+    n, heads = int(header["n"]), header["layers"].values()
+    return _values_offset(n, header) + sum(int(h) * n * n for h in heads) * value_codec(header["dtype"]).storage.itemsize
 
 
 def _header(n: int, heads: dict[int, int], dtype: str, model_id: str) -> dict:
@@ -209,7 +209,7 @@ class AdmittedStore:
         heads = {int(k): int(v) for k, v in header["layers"].items()}
         if header["model_id"] != self.model_id or header["dtype"] != self.dtype or heads != self.heads:
             raise ValueError("stored for another model, codec or set of layers")
-        size = entry_bytes(n, heads, self.dtype, header)
+        size = entry_bytes(header)
         if len(ids) != n or path.stat().st_size != size:
             raise ValueError(f"{path.stat().st_size} bytes, expected {size}")
         return _Entry(name, n, heads, _values_offset(n, header), size), ids
@@ -248,7 +248,7 @@ class AdmittedStore:
         """
         if self.budget is None or n < 1:
             return False
-        if self.base_bytes + self._overhead() + entry_bytes(n, self.heads, self.dtype) > self.budget:
+        if self.base_bytes + self._overhead() + entry_bytes(self._header(n)) > self.budget:
             self._log_once(f"too-long-{n}", f"a text of {n} tokens needs more than max_db_bytes={self.budget} "
                                             "leaves for admitted texts; such texts are not admitted")
             return False
@@ -263,8 +263,8 @@ class AdmittedStore:
         n = len(ids_n)
         if not self.accepts(n):
             return False
-        header = _header(n, self.heads, self.dtype, self.model_id)
-        size = entry_bytes(n, self.heads, self.dtype, header)
+        header = self._header(n)
+        size = entry_bytes(header)
         try:
             with self._lock, self._file_lock:
                 self._refresh(force=True)
@@ -282,6 +282,9 @@ class AdmittedStore:
             self._log_once("lock", f"{self.folder / ADMITTED_LOCK}: held by another process for over "
                                    f"{_LOCK_SECONDS:g} s; a text was not admitted")
             return False
+
+    def _header(self, n: int) -> dict:
+        return _header(n, self.heads, self.dtype, self.model_id)
 
     def _evict_for(self, size: int) -> None:
         while self._entries and self.base_bytes + self._overhead() + self._used() + size > self.budget:
@@ -341,20 +344,35 @@ class AdmittedStore:
     def _used(self) -> int:
         return sum(entry.size for entry in self._entries.values())
 
-    def _overhead(self) -> int:
-        descriptor = self.folder / ADMITTED_DESCRIPTOR
-        return _GENERATION_RESERVE + (descriptor.stat().st_size if descriptor.exists() else 0)
+    def _overhead(self, *, reserve: bool = True) -> int:
+        """Bytes of the small files; ``reserve``: the generation file's at most, before it is rewritten."""
+        sizes = [_size(self.folder / ADMITTED_DESCRIPTOR), _size(self.folder / ADMITTED_GENERATION)]
+        return sizes[0] + (max(sizes[1], _GENERATION_RESERVE) if reserve else sizes[1])
 
     def _log_once(self, kind: str, message: str) -> None:
         if kind not in self._logged:
             self._logged.add(kind)
             log.warning("%s (logged once)", message)
 
-    def stats(self) -> dict:
-        """{"admitted", "evicted": by this process; "entries", "bytes": the folder's now (built + admitted)}."""
+    def stats(self) -> dict | None:
+        """{"admitted", "evicted": by this process; "entries", "bytes": the folder's now (built + admitted)}.
+
+        None while the folder has no admitted segment.
+        """
+        if not has_segment(self.folder):
+            return None
         with self._lock:
+            self._refresh()
             return {"admitted": self.counts["admitted"], "evicted": self.counts["evicted"],
-                    "entries": len(self._entries), "bytes": self.base_bytes + self._overhead() + self._used()}
+                    "entries": len(self._entries),
+                    "bytes": self.base_bytes + self._overhead(reserve=False) + self._used()}
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _stamp(path: Path) -> tuple | None:
@@ -417,9 +435,13 @@ def open_admitted_only(cls, folder: Path):
 
 
 def attach(database) -> None:
-    """Attach ``database``'s folder's admitted segment (if any) to its document key; no-op without one."""
+    """Attach ``database``'s folder's admitted segment to its document key (no-op if its plan serves none).
+
+    Also where the folder has no admitted/ yet: another process may start admitting into it
+    while this one serves (an os.stat per lookup finds out).
+    """
     folder, plan = Path(database.folder), database.document_serving
-    if not has_segment(folder) or database.documents is None or plan is None:
+    if database.documents is None or plan is None:
         return
     manifest = database.manifest
     base = sum(entry["bytes"] for entry in manifest.files.values())
