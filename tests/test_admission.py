@@ -195,35 +195,40 @@ def test_a_text_longer_than_the_budget_allows_is_served_but_not_admitted(model, 
 
 
 # ---- crashes and concurrency -----------------------------------------------------------------
-@pytest.mark.parametrize("point", ["before-write", "writing", "committed", "evicting"])
+# (where the child is killed, whether its admission had to evict ``kept`` first)
+KILL_POINTS = [("evicting", True),       # after unlinking an evicted entry, before announcing it
+               ("before-write", True),   # evictions done, the new entry not written yet
+               ("writing", False),       # half the new entry written under its temporary name
+               ("committed", False)]     # renamed into place, not announced to readers yet
+
+
+@pytest.mark.parametrize("point, evicts", KILL_POINTS, ids=[p for p, _ in KILL_POINTS])
 def test_a_process_killed_while_admitting_or_evicting_leaves_a_store_that_opens_and_serves(model, exact, tmp_path,
-                                                                                          point):
+                                                                                          point, evicts):
     folder = tmp_path / "store"
     kept = _ids(10)
-    first = _admitting(model, folder)
-    first.run(None, _feed(kept))
-    budget = _bytes_on_disk(folder) + 40      # full (40: the generation file's reserve): the next admission evicts ``kept``
-    status, output = _child(model, folder, [_ids(11)], budget=budget if point == "evicting" else 10**6,
-                            kill_at=point)
+    _admitting(model, folder).run(None, _feed(kept))
+    # Full (40: the generation file's reserve): the next admission must evict ``kept`` first.
+    budget = _bytes_on_disk(folder) + 40 if evicts else 10**6
+    status, output = _child(model, folder, [_ids(11)], budget=budget, kill_at=point)
     assert status == -signal.SIGKILL, output
 
     fresh = MemoDatabase.open(folder)          # opens, whatever the kill left
-    found = fresh.documents.nearest(kept.astype(np.int32))
-    assert (found is None) == (point == "evicting"), "kept is whole, or (evicted) gone"
-    reader = attmemo.InferenceSession(str(model), db=folder)   # the live object of this process
+    assert (fresh.documents.nearest(kept.astype(np.int32)) is None) == evicts, "kept is whole, or evicted"
+    reader = attmemo.InferenceSession(str(model), db=folder)   # the live object that admitted kept
     out = reader.run(None, _feed(kept))[0]
-    if point == "evicting":
-        assert _hits(reader) == [0, 0], "its file was gone: a miss, computed exactly"
+    if evicts:
+        assert _hits(reader) == [0, 0], "its file is gone: a miss, computed exactly"
         np.testing.assert_array_equal(out, exact.run(None, _feed(kept))[0])
     else:
         assert _hits(reader) == [1, 1]
-    after = _admitting(model, folder, budget=budget if point == "evicting" else 10**6)
+    after = _admitting(model, folder, budget=budget)
     before = (_hits(after)[0], after.memo_stats()["admission"]["admitted"])
     after.run(None, _feed(_ids(12)))
     after.run(None, _feed(_ids(12)))
     assert (_hits(after)[0], after.memo_stats()["admission"]["admitted"]) == (before[0] + 1, before[1] + 1)
     assert not [p for p in (folder / ADMITTED_DIR).iterdir() if p.name.startswith(ADMITTED_TEMPORARY)]
-    assert _bytes_on_disk(folder) <= (budget if point == "evicting" else 10**6)
+    assert _bytes_on_disk(folder) <= budget
 
 
 def test_two_processes_admitting_into_one_folder_leave_both_sets_readable(model, tmp_path):

@@ -1,0 +1,193 @@
+"""Issue 15's numbers: learning from traffic with no build-db.
+
+    python benchmarks/admission.py --workdir /tmp/attmemo-admit [--rounds 5] [--requests 240]
+
+all-MiniLM-L6-v2 (the bundled export), the `edited` workload (attmemo.workloads: 64 stored
+BBC documents, their edited copies as queries), 256 tokens, every session with intra-op
+spinning off, timings interleaved A/B in one run:
+
+1. stream the 64 stored documents through `attmemo.InferenceSession(..., admit=True)` over a
+   new folder: each one misses and is admitted; time of that run against the unmodified
+   model on the same document (total ratio and median per-document ratio);
+2. then the 64 edited versions: % that reuse (first pass), total time over them against the
+   unmodified model (median of ``rounds`` per query, summed), cosine of the mean-pooled
+   sentence embedding to the unmodified model's (mean, p1);
+3. max_db_bytes = 1/4 of what the 64 documents took: a stream of ``requests`` documents, each
+   with probability 0.75 one of the 8 sent most recently, else any of the 64; hit rate with
+   LRU eviction against random eviction (cachetools.RRCache), same stream;
+4. the document key's lookup (DocumentExecutor.single, the one every entry point runs) with
+   the 64 admitted texts, then with 20,000 synthetic texts of the same lengths added to the
+   admitted index: median time over the edited queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+MAX_LENGTH = 256
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/attmemo-admit"))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=240)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    from attmemo.evaluation import models
+    from attmemo.workloads import make_workload
+
+    paths = models(args.workdir)
+    workload = make_workload("edited", stored=64, queries=64, seed=0)
+    feeds = _Feeds(paths["memo"])
+    stored, edited = [feeds(t) for t in workload.stored], [feeds(t) for t in workload.queries]
+    result = {"admit_and_reuse": admit_and_reuse(paths, args.workdir / "stream.memo", stored, edited,
+                                                 rounds=args.rounds)}
+    full = result["admit_and_reuse"]["folder_bytes"]
+    result["eviction"] = {policy: eviction(paths, args.workdir / f"budget.{policy}.memo", stored, budget=full // 4,
+                                           policy=policy, requests=args.requests)
+                          for policy in ("lru", "random")}
+    print(f"eviction, budget {full // 4} bytes: {json.dumps(result['eviction'])}", flush=True)
+    result["lookup"] = lookup(paths, args.workdir / "stream.memo", edited)
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+
+class _Feeds:
+    def __init__(self, model: Path):
+        from attmemo.builder.recorder import load_tokenizer
+        self.tokenizer = load_tokenizer(model, {})
+
+    def __call__(self, text: str) -> dict[str, np.ndarray]:
+        encoded = self.tokenizer([text], truncation=True, max_length=MAX_LENGTH, return_tensors="np")
+        return {k: v.astype(np.int64) for k, v in encoded.items()
+                if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def _sessions(paths, folder: Path, budget: int, policy: str = "lru"):
+    import onnxruntime as ort
+
+    import attmemo
+    from attmemo.bench import quiet_session_options
+
+    shutil.rmtree(folder, ignore_errors=True)
+    baseline = ort.InferenceSession(str(paths["plain"]), quiet_session_options())
+    admitting = attmemo.InferenceSession(str(paths["memo"]), db=folder, admit=True, max_db_bytes=budget,
+                                         eviction=policy, sess_options=quiet_session_options())
+    return baseline, admitting
+
+
+def admit_and_reuse(paths, folder: Path, stored: list[dict], edited: list[dict], *, rounds: int) -> dict:
+    baseline, admitting = _sessions(paths, folder, budget=8 << 30)
+    print(admitting.memo_status, flush=True)
+    for feed in stored[:2]:                       # warm both (the first runs allocate)
+        baseline.run(None, feed)
+    ratios, totals = [], {"baseline": 0.0, "admit": 0.0}
+    for i, feed in enumerate(stored):
+        order = ("baseline", "admit") if i % 2 else ("admit", "baseline")
+        spent = {}
+        for name in order:
+            session = baseline if name == "baseline" else admitting
+            start = time.perf_counter()
+            session.run(None, feed)
+            spent[name] = time.perf_counter() - start
+        ratios.append(spent["admit"] / spent["baseline"])
+        for name in spent:
+            totals[name] += spent[name]
+    admission = admitting.memo_stats()["admission"]
+    out = {"admitted": admission["admitted"], "folder_bytes": admission["bytes"],
+           "admit_miss_total_ratio": totals["admit"] / totals["baseline"],
+           "admit_miss_median_ratio": float(np.median(ratios))}
+    print(f"admitting a miss: {json.dumps(out)}", flush=True)
+
+    hits_before = admitting.memo_stats()[0]["hits"]
+    for feed in edited:
+        admitting.run(None, feed)
+    out["edited_reuse"] = (admitting.memo_stats()[0]["hits"] - hits_before) / len(edited)
+    totals = _interleaved({"baseline": baseline, "admitting": admitting}, edited, rounds=rounds)
+    out["edited_total_ratio"] = totals["admitting"] / totals["baseline"]
+    out["edited_cosine"] = _cosine(_embeddings(admitting, edited), _embeddings(baseline, edited))
+    print(f"edited queries: {json.dumps(out)}", flush=True)
+    return out
+
+
+def eviction(paths, folder: Path, stored: list[dict], *, budget: int, policy: str, requests: int) -> dict:
+    _, admitting = _sessions(paths, folder, budget=budget, policy=policy)
+    rng, recent, hits = random.Random(15), [], 0
+    for _ in range(requests):
+        doc = rng.choice(recent) if recent and rng.random() < 0.75 else rng.randrange(len(stored))
+        recent = ([doc] + [d for d in recent if d != doc])[:8]
+        before = admitting.memo_stats()[0]["hits"]
+        admitting.run(None, stored[doc])
+        hits += admitting.memo_stats()[0]["hits"] - before
+    admission = admitting.memo_stats()["admission"]
+    on_disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return {"hit_rate": hits / requests, "evicted": admission["evicted"], "entries": admission["entries"],
+            "bytes_on_disk": on_disk, "budget": budget, "within_budget": on_disk <= budget}
+
+
+def lookup(paths, folder: Path, edited: list[dict]) -> dict:
+    from attmemo.store import MemoDatabase
+
+    database = MemoDatabase.open(folder)
+    executor, index = database.executor, database.documents.admitted.index
+    queries = [feed["input_ids"][0] for feed in edited]
+    small = _lookup_seconds(executor, queries)
+    rng = np.random.default_rng(0)
+    lengths = [len(q) for q in queries]
+    for row in range(20_000):                  # rows no file backs: random ids never match a query
+        index.add(10**7 + row, rng.integers(1000, 30000, lengths[row % len(lengths)]).astype(np.int32))
+    large = _lookup_seconds(executor, queries)
+    out = {"entries_small": 64, "entries_large": 64 + 20_000, "median_us_small": 1e6 * small,
+           "median_us_large": 1e6 * large, "ratio": large / small}
+    print(f"lookup: {json.dumps(out)}", flush=True)
+    return out
+
+
+def _lookup_seconds(executor, queries, repeats: int = 20) -> float:
+    times = []
+    for _ in range(repeats):
+        for ids in queries:
+            start = time.perf_counter()
+            executor.single(ids)
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _interleaved(sessions: dict, feeds: list[dict], *, rounds: int) -> dict[str, float]:
+    """Total seconds per session over ``feeds``: each feed's median over ``rounds``, alternating order."""
+    totals = dict.fromkeys(sessions, 0.0)
+    names = list(sessions)
+    for feed in feeds:
+        times = {name: [] for name in names}
+        for r in range(-1, rounds):   # round -1 warms up
+            for name in names[r % 2:] + names[:r % 2]:
+                start = time.perf_counter()
+                sessions[name].run(None, feed)
+                if r >= 0:
+                    times[name].append(time.perf_counter() - start)
+        for name in names:
+            totals[name] += float(np.median(times[name]))
+    return totals
+
+
+def _embeddings(session, feeds) -> np.ndarray:
+    from attmemo.embedding import sentence_embedding
+    return np.concatenate([sentence_embedding(session.run(None, f)[0], f["attention_mask"]) for f in feeds])
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    cos = (a * b).sum(axis=1)
+    return {"mean": float(cos.mean()), "p1": float(np.percentile(cos, 1))}
+
+
+if __name__ == "__main__":
+    main()
