@@ -202,6 +202,11 @@ class InferenceSession(ort.InferenceSession):
                 return admitted
         return super().run(output_names, input_feed, run_options)
 
+    def memo_flush(self) -> None:
+        """Wait until every text this session admitted is on disk (admission writes in the background)."""
+        if self._admitter is not None:
+            self._admitter.store.flush()
+
     def memo_stats(self) -> dict[int, dict]:
         """{layer: {"lookups", "hits", "fallbacks", "lookup_seconds"}} of this session's database.
 

@@ -10,13 +10,16 @@ Found by the one document executor: the folder's DocumentIndex consults this seg
 here for delivery (``fed``, ``as_float``). Another process's commits reach this one when its
 generation file changes: one os.stat per lookup (~1 us), a directory listing when it did.
 
+Writing. ``admit`` makes a text reusable in this process at once (served from the run's own
+arrays) and hands it to a background writer: creating the file costs as much as the run.
+
 Crash safety. An entry is written whole under a temporary name, then renamed: a text is in
 the store entirely or not at all. Eviction unlinks whole entries. So a process killed by
 SIGKILL at any point leaves only (a) a temporary file, removed by the next admission, or (b)
 a change the generation file does not announce yet, which new openers see and running
 readers pick up at the next announced change; a reader whose match was evicted meanwhile
 treats it as a miss. Written files are not fsynced: this survives killed processes, not
-power loss. Two processes admitting into one folder serialise on the lock (flock: released
+power loss; a text still waiting for the writer is simply not kept. Two processes admitting into one folder serialise on the lock (flock: released
 by the kernel when a holder dies) and each re-reads the folder under it.
 
 Budget. Bytes on disk (sizes of the built database's files + everything under admitted/)
@@ -26,10 +29,12 @@ used first (cachetools keeps the order: a hit counts as a use), until it fits.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
 import os
+import queue
 import signal
 import struct
 import threading
@@ -55,6 +60,7 @@ _ALIGN = 64                  # values start on a 64-byte boundary (whole float32
 _GENERATION_RESERVE = 32     # the generation file's bytes, counted in the budget before it exists
 _MAX_MAPS = 256              # mapped entries kept open: each mapping holds a file descriptor
 _LOCK_SECONDS = 10.0         # an admission waits this long for another process's, then is skipped
+_QUEUE = 4                   # texts waiting for the writer (MiniLM at 256 tokens: 19 MB each in memory)
 EVICTION = {"lru": cachetools.LRUCache, "lfu": cachetools.LFUCache, "random": cachetools.RRCache}
 # Tests name a point here; the process then kills itself there with SIGKILL (tests/test_admission.py).
 _KILL_AT = os.environ.get("ATTMEMO_TEST_KILL_AT")
@@ -66,10 +72,16 @@ def _crash_point(name: str) -> None:
 
 
 class _Entry:
-    """One admitted text: where its file is and where each layer's block starts in it."""
+    """One admitted text: where its file is and where each layer's block starts in it.
 
-    def __init__(self, name: str, n: int, heads: dict[int, int], offset: int, size: int):
+    pending: {layer: [H, n, n]} while the writer has not put it on disk yet (name None):
+    this process serves it from memory meanwhile.
+    """
+
+    def __init__(self, name: str | None, n: int, heads: dict[int, int], offset: int, size: int, *,
+                 ids: np.ndarray | None = None, pending: dict[int, np.ndarray] | None = None):
         self.name, self.n, self.heads, self.offset, self.size = name, n, heads, offset, size
+        self.ids, self.pending = ids, pending
 
 
 def entry_bytes(header: dict) -> int:
@@ -108,6 +120,8 @@ class AdmittedStore:
         self._lock = threading.RLock()
         self._file_lock = filelock.FileLock(str(self.folder / ADMITTED_LOCK), timeout=_LOCK_SECONDS)
         self._seen: tuple | None = None
+        self._queue: queue.Queue[int] = queue.Queue(maxsize=_QUEUE)
+        self._writer: threading.Thread | None = None
         self.counts: Counter[str] = Counter()
         self._logged: set[str] = set()
         self._refresh(force=True)
@@ -124,7 +138,7 @@ class AdmittedStore:
             found = self.index.nearest(ids_n)
             if found is None:
                 return None
-            if self._mapped(found[0]) is None:
+            if self._entries[found[0]].pending is None and self._mapped(found[0]) is None:
                 self._forget(found[0])
                 return None
             self._uses.get(found[0])     # touch: LRU moves it last, LFU counts it
@@ -147,9 +161,13 @@ class AdmittedStore:
 
     def _block(self, layer: int, row: int, n: int) -> np.ndarray:
         with self._lock:
-            entry, rows = self._entries[row], self._mapped(row)
-        if rows is None or entry.n != n:
+            entry = self._entries[row]
+            pending = entry.pending
+            rows = self._mapped(row) if pending is None else None
+        if entry.n != n or (rows is None and pending is None):
             raise LookupError(f"admitted entry {entry.name} is gone or is not {n} tokens long")
+        if pending is not None:
+            return pending[layer][None]
         start = sum(h * n * n for k, h in sorted(entry.heads.items()) if k < layer)
         return rows[start:start + entry.heads[layer] * n * n].reshape(1, entry.heads[layer], n, n)
 
@@ -255,39 +273,83 @@ class AdmittedStore:
         return True
 
     def admit(self, ids_n: np.ndarray, probs: dict[int, np.ndarray]) -> bool:
-        """Store one text: int[n] ids and {layer: [1 or none, H, n, n] in the store's dtype}. False if skipped.
+        """Admit one text: int[n] ids and {layer: [H, n, n] in the store's dtype}. False if skipped.
 
-        Raises OSError if the disk refuses (the caller logs it; its run is unaffected).
+        Served from memory at once (this process); written to disk by a background writer,
+        because creating a file of a MiniLM text's attention (19 MB at 256 tokens) cost
+        6-100 ms here, as much as the run itself. With ``_QUEUE`` texts waiting to be written
+        it waits for the writer (memory stays bounded when misses come faster than the disk).
+        Raises ValueError for attention of the wrong shape (the caller logs it).
         """
         ids_n = np.ascontiguousarray(ids_n, np.int32)
         n = len(ids_n)
         if not self.accepts(n):
             return False
+        blocks = {layer: np.ascontiguousarray(probs[layer], self.storage).reshape(self.heads[layer], n, n)
+                  for layer in sorted(self.heads)}
         header = self._header(n)
-        size = entry_bytes(header)
+        with self._lock:
+            self._refresh()
+            if self.index.nearest(ids_n) is not None:
+                return False                  # admitted meanwhile (another thread or process)
+            row, self._next_row = self._next_row, self._next_row + 1
+            self._entries[row] = _Entry(None, n, self.heads, _values_offset(n, header), entry_bytes(header),
+                                        ids=ids_n, pending=blocks)
+            self.index.add(row, ids_n)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_queued, name="attmemo-admission", daemon=True)
+                self._writer.start()
+                atexit.register(self.flush)
+        self._queue.put(row)
+        return True
+
+    def flush(self) -> None:
+        """Wait until every text admitted so far is on disk (or failed, logged)."""
+        self._queue.join()
+
+    def _write_queued(self) -> None:
+        while True:
+            row = self._queue.get()
+            try:
+                self._persist(row)
+            except Exception as error:  # noqa: BLE001 - a background thread: log, drop the text, go on
+                self._log_once(type(error).__name__, f"could not write an admitted text into {self.dir} "
+                                                     f"({type(error).__name__}: {error}); it is not kept")
+                with self._lock:
+                    self._forget(row)
+            finally:
+                self._queue.task_done()
+
+    def _persist(self, row: int) -> None:
+        """Write ``row``'s pending text under the folder lock: refresh, evict to fit, write, rename, announce."""
         try:
-            with self._lock, self._file_lock:
-                self._refresh(force=True)
-                self._remove_temporaries()
-                if self.index.nearest(ids_n) is not None:
-                    return False          # another process admitted a match meanwhile
-                self._evict_for(size)
+            with self._file_lock:
+                with self._lock:
+                    entry = self._entries.get(row)
+                    if entry is None or entry.pending is None:
+                        return
+                    self._refresh(force=True)
+                    self._remove_temporaries()
+                    self._evict_for(entry.size)
                 _crash_point("before-write")
-                name = self._write(ids_n, probs, header, size)
-                self._announce()
-                self._load(name)
-                self.counts["admitted"] += 1
-                return True
+                name = self._write(entry.ids, entry.pending, self._header(entry.n), entry.size)
+                with self._lock:
+                    self._announce()
+                    entry.name, entry.pending, entry.ids = name, None, None
+                    self._rows[name] = row
+                    self._uses[row] = entry.size
+                    self.counts["admitted"] += 1
         except filelock.Timeout:
             self._log_once("lock", f"{self.folder / ADMITTED_LOCK}: held by another process for over "
                                    f"{_LOCK_SECONDS:g} s; a text was not admitted")
-            return False
+            with self._lock:
+                self._forget(row)
 
     def _header(self, n: int) -> dict:
         return _header(n, self.heads, self.dtype, self.model_id)
 
     def _evict_for(self, size: int) -> None:
-        while self._entries and self.base_bytes + self._overhead() + self._used() + size > self.budget:
+        while len(self._uses) and self.base_bytes + self._overhead() + self._used() + size > self.budget:
             row, _ = self._uses.popitem()
             entry = self._entries[row]
             try:
@@ -306,15 +368,11 @@ class AdmittedStore:
         with open(temporary, "wb") as f:
             f.write(prefix + b"\0" * (_values_offset(len(ids_n), header) - len(prefix)))
             for layer in sorted(self.heads):
-                block = np.ascontiguousarray(probs[layer], self.storage)
-                if block.size != self.heads[layer] * len(ids_n) ** 2:
-                    raise ValueError(f"layer {layer}'s attention is {list(block.shape)}, not "
-                                     f"[{self.heads[layer]}, {len(ids_n)}, {len(ids_n)}]")
-                f.write(memoryview(block).cast("B"))
+                f.write(memoryview(probs[layer]).cast("B"))    # [H, n, n] contiguous, checked by admit
                 _crash_point("writing")
-        if temporary.stat().st_size != size:
+        if (written := temporary.stat().st_size) != size:
             temporary.unlink()
-            raise ValueError(f"wrote {temporary.stat().st_size} bytes of an entry of {size}")
+            raise ValueError(f"wrote {written} bytes of an entry of {size}")
         os.replace(temporary, self.dir / name)
         _crash_point("committed")
         return name
@@ -342,7 +400,8 @@ class AdmittedStore:
                     pass
 
     def _used(self) -> int:
-        return sum(entry.size for entry in self._entries.values())
+        """Bytes of the entries on disk (not those still pending)."""
+        return sum(entry.size for entry in self._entries.values() if entry.pending is None)
 
     def _overhead(self, *, reserve: bool = True) -> int:
         """Bytes of the small files; ``reserve``: the generation file's at most, before it is rewritten."""
@@ -355,7 +414,8 @@ class AdmittedStore:
             log.warning("%s (logged once)", message)
 
     def stats(self) -> dict | None:
-        """{"admitted", "evicted": by this process; "entries", "bytes": the folder's now (built + admitted)}.
+        """{"admitted" (written), "evicted": by this process;
+        "entries" (with those still being written), "bytes": the folder's on disk now (built + admitted)}.
 
         None while the folder has no admitted segment.
         """
