@@ -84,6 +84,14 @@ def prepare_folder(db, path_or_bytes, kwargs) -> None:
     folder = Path(db)
     if folder.exists() and not folder.is_dir():
         raise MemoDatabaseError(f"{folder}: is a file; give a folder for the memo store.")
+    try:
+        _prepare(folder, path_or_bytes, kwargs)
+    except OSError as error:
+        raise MemoDatabaseError(f"{error.filename or folder}: cannot be written ({error.strerror or error}); "
+                                "give a folder this process may write to.") from error
+
+
+def _prepare(folder: Path, path_or_bytes, kwargs) -> None:
     if (folder / MANIFEST).exists():
         (folder / admission.ADMITTED_DIR).mkdir(exist_ok=True)
         return
@@ -104,7 +112,8 @@ def prepare_folder(db, path_or_bytes, kwargs) -> None:
     if MODEL_ID_KEY not in metadata or not probs:
         raise MemoDatabaseError(f"{_name(path_or_bytes)}: is not a MemoAttention model; "
                                 "rewrite it with attmemo transform first.")
-    heads = {int(name[len(probs_value("")):]): int(p.shape[1]) for name, p in zip(probs, probe.run(probs, _probe_feed(probe)))}
+    layers = [int(name[len(probs_value("")):]) for name in probs]
+    heads = {layer: int(p.shape[1]) for layer, p in zip(layers, probe.run(probs, _probe_feed(probe)))}
     admission.create(folder, model_id=metadata[MODEL_ID_KEY], heads=heads, dtype=NEW_STORE_DTYPE)
 
 

@@ -116,10 +116,10 @@ def admit_and_reuse(paths, folder: Path, stored: list[dict], edited: list[dict],
            "write_ms_mean": 1e3 * totals["write"] / len(stored)}
     print(f"admitting a miss: {json.dumps(out)}", flush=True)
 
-    hits_before = admitting.memo_stats()[0]["hits"]
+    hits_before = _hits(admitting)
     for feed in edited:
         admitting.run(None, feed)
-    out["edited_reuse"] = (admitting.memo_stats()[0]["hits"] - hits_before) / len(edited)
+    out["edited_reuse"] = (_hits(admitting) - hits_before) / len(edited)
     totals = _interleaved({"baseline": baseline, "admitting": admitting}, edited, rounds=rounds)
     out["edited_total_ratio"] = totals["admitting"] / totals["baseline"]
     out["edited_cosine"] = _cosine(_embeddings(admitting, edited), _embeddings(baseline, edited))
@@ -133,9 +133,10 @@ def eviction(paths, folder: Path, stored: list[dict], *, budget: int, policy: st
     for _ in range(requests):
         doc = rng.choice(recent) if recent and rng.random() < 0.75 else rng.randrange(len(stored))
         recent = ([doc] + [d for d in recent if d != doc])[:8]
-        before = admitting.memo_stats()[0]["hits"]
+        before = _hits(admitting)
         admitting.run(None, stored[doc])
-        hits += admitting.memo_stats()[0]["hits"] - before
+        hits += _hits(admitting) - before
+    admitting.memo_flush()
     admission = admitting.memo_stats()["admission"]
     on_disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     return {"hit_rate": hits / requests, "evicted": admission["evicted"], "entries": admission["entries"],
@@ -168,6 +169,10 @@ def _lookup_seconds(executor, queries, repeats: int = 20) -> float:
             executor.single(ids)
             times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def _hits(session) -> int:
+    return session.memo_stats().get(0, {}).get("hits", 0)
 
 
 def _interleaved(sessions: dict, feeds: list[dict], *, rounds: int) -> dict[str, float]:

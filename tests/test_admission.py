@@ -132,6 +132,10 @@ def test_a_missed_text_is_admitted_then_reused_here_by_near_duplicates_and_in_an
                                                       if k in {i.name for i in fed.get_inputs()}})[0], atol=1e-5)
     assert not np.allclose(reused, exact.run(None, _feed(edited))[0], atol=1e-4), "the stored attention was reused"
 
+    plain = ort.InferenceSession(str(model), attmemo.session_options(db=folder))   # serves, inside the graph
+    np.testing.assert_allclose(plain.run(None, _feed(edited))[0], reused, atol=1e-5)
+    assert _hits(session) == [3, 3]
+
     status, result = _child(model, folder, [text, edited], admit=False)
     assert status == 0, result
     assert result["hits"] == 2 and result["admission"]["entries"] == 1
@@ -150,7 +154,7 @@ def test_a_built_database_admits_beside_its_texts_and_a_live_reader_sees_the_com
     assert _hits(reader) == [1, 1], "the other process's commit reached a session opened before it"
 
 
-def test_bad_admission_arguments_are_one_sentence(model, documents_only, tmp_path):
+def test_bad_admission_arguments_are_one_sentence(model, documents_only, tiny_model, tmp_path):
     with pytest.raises(ValueError, match="admit=True needs max_db_bytes"):
         attmemo.InferenceSession(str(model), db=tmp_path / "s", admit=True)
     with pytest.raises(ValueError, match="admit=True needs db=FOLDER"):
@@ -160,6 +164,8 @@ def test_bad_admission_arguments_are_one_sentence(model, documents_only, tmp_pat
     _, db = documents_only
     with pytest.raises(ValueError, match=r"max_db_bytes=1000 leaves no room to admit: .* already takes \d+ bytes"):
         _admitting(model, db, budget=1000)
+    with pytest.raises(attmemo.MemoDatabaseError, match="is not a MemoAttention model"):
+        _admitting(tiny_model("bert")[1], tmp_path / "plain")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(attmemo.MemoDatabaseError, match="holds other files and is no attmemo database"):
