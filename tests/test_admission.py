@@ -25,6 +25,7 @@ import pytest
 import attmemo
 from attmemo.store import MemoDatabase
 from attmemo.store.layout import ADMITTED_DIR, ADMITTED_TEMPORARY
+from attmemo.transforms.names import fed_input
 
 from conftest import TINY_CORPUS
 
@@ -127,7 +128,7 @@ def test_a_missed_text_is_admitted_then_reused_here_by_near_duplicates_and_in_an
     reused = session.run(None, _feed(edited))[0]
     assert _hits(session) == [2, 2] and session.memo_stats()["admission"]["entries"] == 1
     stored = recorder.run(text)
-    feed = {**_feed(edited), **{f"attmemo.stored_probs.{k}": stored[k][1][None] for k in (0, 1)}}
+    feed = {**_feed(edited), **{fed_input(k): stored[k][1][None] for k in (0, 1)}}
     np.testing.assert_allclose(reused, fed.run(None, {k: v for k, v in feed.items()
                                                       if k in {i.name for i in fed.get_inputs()}})[0], atol=1e-5)
     assert not np.allclose(reused, exact.run(None, _feed(edited))[0], atol=1e-4), "the stored attention was reused"
