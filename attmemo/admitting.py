@@ -23,7 +23,8 @@ import onnxruntime as ort
 
 from attmemo.custom_ops.registry import LAYERS_KEY, MODEL_ID_KEY
 from attmemo.document_tier import single_sequence
-from attmemo.store import admission
+from attmemo.store import admission, admitted_folder
+from attmemo.store.layout import ADMITTED_DESCRIPTOR, ADMITTED_DIR
 from attmemo.store.manifest import FILENAME as MANIFEST, MemoDatabaseError
 from attmemo.transforms.names import probs_value
 
@@ -93,12 +94,12 @@ def prepare_folder(db, path_or_bytes, kwargs) -> None:
 
 def _prepare(folder: Path, path_or_bytes, kwargs) -> None:
     if (folder / MANIFEST).exists():
-        (folder / admission.ADMITTED_DIR).mkdir(exist_ok=True)
+        (folder / ADMITTED_DIR).mkdir(exist_ok=True)
         return
     if folder.is_dir() and not admission.has_segment(folder) and any(folder.iterdir()):
         raise MemoDatabaseError(f"{folder}: holds other files and is no attmemo database; "
                                 "give a new or empty folder to admit into.")
-    if (folder / admission.ADMITTED_DESCRIPTOR).exists():
+    if (folder / ADMITTED_DESCRIPTOR).exists():
         return
     model = admitting_model_bytes(path_or_bytes, None, NEW_STORE_DTYPE)
     if model is None:
@@ -114,7 +115,7 @@ def _prepare(folder: Path, path_or_bytes, kwargs) -> None:
                                 "rewrite it with attmemo transform first.")
     layers = [int(name[len(probs_value("")):]) for name in probs]
     heads = {layer: int(p.shape[1]) for layer, p in zip(layers, probe.run(probs, _probe_feed(probe)))}
-    admission.create(folder, model_id=metadata[MODEL_ID_KEY], heads=heads, dtype=NEW_STORE_DTYPE)
+    admitted_folder.create(folder, model_id=metadata[MODEL_ID_KEY], heads=heads, dtype=NEW_STORE_DTYPE)
 
 
 def admitter(database, path_or_bytes, options: ort.SessionOptions, kwargs, *, max_db_bytes, eviction: str,
@@ -124,7 +125,7 @@ def admitter(database, path_or_bytes, options: ort.SessionOptions, kwargs, *, ma
     Raises ValueError (one sentence) if the budget leaves no room.
     """
     if database.documents is not None and database.documents.admitted is None:
-        admission.attach(database)      # opened before this process made its admitted/ folder
+        admitted_folder.attach(database)      # opened before this process made its admitted/ folder
     store = database.documents.admitted if database.documents is not None else None
     if store is None:
         log.warning("%s: its plan serves no document key (attmemo calibrate switched it off, or the build has "
@@ -149,7 +150,7 @@ def stats(database) -> dict | None:
 def version_file(folder: Path) -> Path:
     """The file whose change means the folder must be opened anew: the manifest, or an admitted-only store's description."""
     manifest = Path(folder) / MANIFEST
-    return manifest if manifest.exists() else Path(folder) / admission.ADMITTED_DESCRIPTOR
+    return manifest if manifest.exists() else Path(folder) / ADMITTED_DESCRIPTOR
 
 
 def _name(path_or_bytes) -> str:

@@ -30,7 +30,6 @@ used first (cachetools keeps the order: a hit counts as a use), until it fits.
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import math
 import os
@@ -45,21 +44,17 @@ import cachetools
 import filelock
 import numpy as np
 
+from . import admitted_entry
 from .admitted_index import AdmittedIndex
 from .layout import (ADMITTED_DESCRIPTOR, ADMITTED_DIR, ADMITTED_GENERATION, ADMITTED_LOCK, ADMITTED_SUFFIX,
                      ADMITTED_TEMPORARY)
-from . import keys, serving
-from .documents import DocumentIndex
-from .manifest import FILENAME as MANIFEST, KeySpec, Manifest, MemoDatabaseError
 from .values import codec as value_codec
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"attmemo-admit-1\n"
-_ALIGN = 64                  # values start on a 64-byte boundary (whole float32/float16 blocks for onnxruntime)
 _GENERATION_RESERVE = 32     # the generation file's bytes, counted in the budget before it exists
 _MAX_MAPS = 256              # mapped entries kept open: each mapping holds a file descriptor
-_LOCK_SECONDS = 10.0         # an admission waits this long for another process's, then is skipped
+LOCK_SECONDS = 10.0         # an admission waits this long for another process's, then is skipped
 _QUEUE = 4                   # texts waiting for the writer (MiniLM at 256 tokens: 19 MB each in memory)
 EVICTION = {"lru": cachetools.LRUCache, "lfu": cachetools.LFUCache, "random": cachetools.RRCache}
 # Tests name a point here; the process then kills itself there with SIGKILL (tests/test_admission.py).
@@ -69,34 +64,6 @@ _KILL_AT = os.environ.get("ATTMEMO_TEST_KILL_AT")
 def _crash_point(name: str) -> None:
     if _KILL_AT == name:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-class _Entry:
-    """One admitted text: where its file is and where each layer's block starts in it.
-
-    pending: {layer: [H, n, n]} while the writer has not put it on disk yet (name None):
-    this process serves it from memory meanwhile.
-    """
-
-    def __init__(self, name: str | None, n: int, heads: dict[int, int], offset: int, size: int, *,
-                 ids: np.ndarray | None = None, pending: dict[int, np.ndarray] | None = None):
-        self.name, self.n, self.heads, self.offset, self.size = name, n, heads, offset, size
-        self.ids, self.pending = ids, pending
-
-
-def entry_bytes(header: dict) -> int:
-    """Bytes of the file of one admitted text with this header (``_header``)."""
-    n, heads = int(header["n"]), header["layers"].values()
-    return _values_offset(n, header) + sum(int(h) * n * n for h in heads) * value_codec(header["dtype"]).storage.itemsize
-
-
-def _header(n: int, heads: dict[int, int], dtype: str, model_id: str) -> dict:
-    return {"n": n, "dtype": dtype, "model_id": model_id, "layers": {str(k): v for k, v in sorted(heads.items())}}
-
-
-def _values_offset(n: int, header: dict) -> int:
-    size = len(MAGIC) + 4 + len(json.dumps(header, sort_keys=True).encode()) + 4 * n
-    return -(-size // _ALIGN) * _ALIGN
 
 
 class AdmittedStore:
@@ -112,13 +79,13 @@ class AdmittedStore:
         self.base_bytes = base_bytes
         self.budget: int | None = None
         self.index = AdmittedIndex(min_share)
-        self._entries: dict[int, _Entry] = {}
+        self._entries: dict[int, admitted_entry.Entry] = {}
         self._rows: dict[str, int] = {}               # file name -> row
         self._next_row = 0
         self._uses = EVICTION["lru"](maxsize=math.inf)
         self._maps = cachetools.LRUCache(maxsize=_MAX_MAPS)
         self._lock = threading.RLock()
-        self._file_lock = filelock.FileLock(str(self.folder / ADMITTED_LOCK), timeout=_LOCK_SECONDS)
+        self._file_lock = filelock.FileLock(str(self.folder / ADMITTED_LOCK), timeout=LOCK_SECONDS)
         self._seen: tuple | None = None
         self._queue: queue.Queue[int] = queue.Queue(maxsize=_QUEUE)
         self._writer: threading.Thread | None = None
@@ -204,7 +171,8 @@ class AdmittedStore:
 
     def _load(self, name: str) -> None:
         try:
-            entry, ids = self._read_header(name)
+            entry, ids = admitted_entry.read(self.dir / name, model_id=self.model_id, dtype=self.dtype,
+                                             heads=self.heads)
         except FileNotFoundError:
             return                       # evicted while we listed
         except (OSError, ValueError, KeyError, TypeError, struct.error) as error:
@@ -214,23 +182,6 @@ class AdmittedStore:
         self._entries[row], self._rows[name] = entry, row
         self.index.add(row, ids)
         self._uses[row] = entry.size
-
-    def _read_header(self, name: str) -> tuple[_Entry, np.ndarray]:
-        path = self.dir / name
-        with open(path, "rb") as f:
-            if f.read(len(MAGIC)) != MAGIC:
-                raise ValueError("no attmemo header")
-            (length,) = struct.unpack("<I", f.read(4))
-            header = json.loads(f.read(length))
-            n = int(header["n"])
-            ids = np.frombuffer(f.read(4 * n), np.int32)
-        heads = {int(k): int(v) for k, v in header["layers"].items()}
-        if header["model_id"] != self.model_id or header["dtype"] != self.dtype or heads != self.heads:
-            raise ValueError("stored for another model, codec or set of layers")
-        size = entry_bytes(header)
-        if len(ids) != n or path.stat().st_size != size:
-            raise ValueError(f"{path.stat().st_size} bytes, expected {size}")
-        return _Entry(name, n, heads, _values_offset(n, header), size), ids
 
     def _forget(self, row: int) -> None:
         entry = self._entries.pop(row, None)
@@ -266,7 +217,7 @@ class AdmittedStore:
         """
         if self.budget is None or n < 1:
             return False
-        if self.base_bytes + self._overhead() + entry_bytes(self._header(n)) > self.budget:
+        if self.base_bytes + self._overhead() + admitted_entry.entry_bytes(self._header(n)) > self.budget:
             self._log_once(f"too-long-{n}", f"a text of {n} tokens needs more than max_db_bytes={self.budget} "
                                             "leaves for admitted texts; such texts are not admitted")
             return False
@@ -287,14 +238,12 @@ class AdmittedStore:
             return False
         blocks = {layer: np.ascontiguousarray(probs[layer], self.storage).reshape(self.heads[layer], n, n)
                   for layer in sorted(self.heads)}
-        header = self._header(n)
         with self._lock:
             self._refresh()
             if self.index.nearest(ids_n) is not None:
                 return False                  # admitted meanwhile (another thread or process)
             row, self._next_row = self._next_row, self._next_row + 1
-            self._entries[row] = _Entry(None, n, self.heads, _values_offset(n, header), entry_bytes(header),
-                                        ids=ids_n, pending=blocks)
+            self._entries[row] = admitted_entry.pending_entry(ids_n, blocks, self._header(n))
             self.index.add(row, ids_n)
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_queued, name="attmemo-admission", daemon=True)
@@ -332,7 +281,7 @@ class AdmittedStore:
                     self._remove_temporaries()
                     self._evict_for(entry.size)
                 _crash_point("before-write")
-                name = self._write(entry.ids, entry.pending, self._header(entry.n), entry.size)
+                name = self._write(entry.ids, entry.pending, self._header(entry.n))
                 with self._lock:
                     self._announce()
                     entry.name, entry.pending, entry.ids = name, None, None
@@ -341,12 +290,12 @@ class AdmittedStore:
                     self.counts["admitted"] += 1
         except filelock.Timeout:
             self._log_once("lock", f"{self.folder / ADMITTED_LOCK}: held by another process for over "
-                                   f"{_LOCK_SECONDS:g} s; a text was not admitted")
+                                   f"{LOCK_SECONDS:g} s; a text was not admitted")
             with self._lock:
                 self._forget(row)
 
     def _header(self, n: int) -> dict:
-        return _header(n, self.heads, self.dtype, self.model_id)
+        return admitted_entry.header(n, self.heads, self.dtype, self.model_id)
 
     def _evict_for(self, size: int) -> None:
         while len(self._uses) and self.base_bytes + self._overhead() + self._used() + size > self.budget:
@@ -360,19 +309,11 @@ class AdmittedStore:
             self.counts["evicted"] += 1
             _crash_point("evicting")
 
-    def _write(self, ids_n: np.ndarray, probs: dict[int, np.ndarray], header: dict, size: int) -> str:
+    def _write(self, ids_n: np.ndarray, blocks: dict[int, np.ndarray], head: dict) -> str:
+        """Write one entry under a temporary name, then rename it into place; return its file name."""
         name = f"{os.getpid()}-{os.urandom(6).hex()}{ADMITTED_SUFFIX}"
         temporary = self.dir / f"{ADMITTED_TEMPORARY}{name}"
-        head = json.dumps(header, sort_keys=True).encode()
-        prefix = MAGIC + struct.pack("<I", len(head)) + head + ids_n.tobytes()
-        with open(temporary, "wb") as f:
-            f.write(prefix + b"\0" * (_values_offset(len(ids_n), header) - len(prefix)))
-            for layer in sorted(self.heads):
-                f.write(memoryview(probs[layer]).cast("B"))    # [H, n, n] contiguous, checked by admit
-                _crash_point("writing")
-        if (written := temporary.stat().st_size) != size:
-            temporary.unlink()
-            raise ValueError(f"wrote {written} bytes of an entry of {size}")
+        admitted_entry.write(temporary, ids_n, blocks, head, after_layer=lambda: _crash_point("writing"))
         os.replace(temporary, self.dir / name)
         _crash_point("committed")
         return name
@@ -443,70 +384,6 @@ def _stamp(path: Path) -> tuple | None:
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
-# ---- folders -------------------------------------------------------------------------------
 def has_segment(folder: Path) -> bool:
     return (Path(folder) / ADMITTED_DIR).is_dir()
 
-
-def create(folder: Path, *, model_id: str, heads: dict[int, int], dtype: str) -> None:
-    """Make ``folder`` an admitted-only store (no build) if it is not a store yet; raise MemoDatabaseError if it is another's."""
-    folder = Path(folder)
-    (folder / ADMITTED_DIR).mkdir(parents=True, exist_ok=True)
-    with filelock.FileLock(str(folder / ADMITTED_LOCK), timeout=_LOCK_SECONDS):
-        descriptor = folder / ADMITTED_DESCRIPTOR
-        if not descriptor.exists():
-            temporary = folder / ADMITTED_DIR / f"{ADMITTED_TEMPORARY}store-{os.getpid()}"
-            temporary.write_text(json.dumps({"model_id": model_id, "dtype": dtype,
-                                             "layers": {str(k): v for k, v in sorted(heads.items())}}) + "\n")
-            os.replace(temporary, descriptor)
-
-
-def read_descriptor(folder: Path) -> tuple[str, dict[int, int], str]:
-    """(model id, {layer: heads}, dtype) of an admitted-only folder; MemoDatabaseError naming the file."""
-    path = Path(folder) / ADMITTED_DESCRIPTOR
-    try:
-        data = json.loads(path.read_text())
-        heads = {int(k): int(v) for k, v in data["layers"].items()}
-        value_codec(data["dtype"])
-        if not (isinstance(data["model_id"], str) and heads and all(h > 0 for h in heads.values())):
-            raise ValueError("bad fields")
-        return data["model_id"], heads, data["dtype"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise MemoDatabaseError(f"{path}: not a readable admitted-store description ({error}); "
-                                "remove the folder to start a new store.") from error
-
-
-# What a folder with no build and no calibration serves: the document key at 0.9 on every layer.
-# docs/benchmarks.md: on edited documents 0.9 reuses 100 % at cosine 0.9965 (p1 0.975), where 0.95
-# reuses 92 %; on templated messages, whose fills must not share attention, it reuses 6 % at p1 0.989.
-DEFAULT_SHARE = 0.9
-
-
-def open_admitted_only(cls, folder: Path):
-    """A ``cls`` (MemoDatabase) over a folder holding admitted texts only, serving DEFAULT_SHARE on every layer."""
-    model_id, heads, dtype = read_descriptor(folder)
-    key = KeySpec(segments=keys.POOL_SEGMENTS, hidden_pool=keys.POOL_HIDDEN, width=1, dim=1)   # no learned key
-    manifest = Manifest(model_id=model_id, layers=heads, buckets={}, dtype=dtype, threshold=DEFAULT_SHARE, key=key,
-                        corpus={"admitted": True}, files={})
-    plan = serving.Plan({}, serving.Documents(DEFAULT_SHARE, tuple(sorted(heads))))
-    database = cls(Path(folder), manifest, {}, DocumentIndex({}, {}), plan=plan)
-    attach(database)
-    return database
-
-
-def attach(database) -> None:
-    """Attach ``database``'s folder's admitted segment to its document key (no-op if its plan serves none).
-
-    Also where the folder has no admitted/ yet: another process may start admitting into it
-    while this one serves (an os.stat per lookup finds out).
-    """
-    folder, plan = Path(database.folder), database.document_serving
-    if database.documents is None or plan is None:
-        return
-    manifest = database.manifest
-    base = sum(entry["bytes"] for entry in manifest.files.values())
-    if (folder / MANIFEST).exists():
-        base += (folder / MANIFEST).stat().st_size
-    database.documents.admitted = AdmittedStore(
-        folder, model_id=manifest.model_id, heads={layer: manifest.layers[layer] for layer in plan.every_layer},
-        dtype=manifest.dtype, min_share=plan.threshold, base_bytes=base)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import admission, documents as documents_file, keys, manifest as manifest_file, serving, values
+from . import admitted_folder, documents as documents_file, keys, manifest as manifest_file, serving, values
 from .document_executor import DocumentExecutor
 from .documents import ADMITTED_BUCKET, DocumentIndex
 from .index import KeyIndex
@@ -94,8 +94,8 @@ class MemoDatabase:
         cheap checks and gives a wrong stored probability, never a crash.
         """
         folder = Path(folder)
-        if not (folder / manifest_file.FILENAME).exists() and admission.has_segment(folder):
-            return admission.open_admitted_only(cls, folder)   # texts admitted from traffic, no build
+        if not (folder / manifest_file.FILENAME).exists() and admitted_folder.has_segment(folder):
+            return admitted_folder.open_admitted_only(cls, folder)   # texts admitted from traffic, no build
         manifest = manifest_file.load(folder, verify_checksums=verify_checksums)
         where = folder / manifest_file.FILENAME
         if (manifest.key.segments, manifest.key.hidden_pool) != (keys.POOL_SEGMENTS, keys.POOL_HIDDEN):
@@ -118,7 +118,7 @@ class MemoDatabase:
                                     "rebuild the database.") from error
         log.info("opened memo database %s: %d layers, %s rows", folder, len(layers), sum(manifest.buckets.values()))
         database = cls(folder, manifest, layers, documents)
-        admission.attach(database)   # texts admitted from traffic, if the folder has any
+        admitted_folder.attach(database)   # texts admitted from traffic (or to be: see attach)
         return database
 
     @property
