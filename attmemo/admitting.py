@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +48,8 @@ class Admitter:
         ids = single_sequence(input_feed)
         if ids is None or not self.store.accepts(len(ids)):
             return None
-        # The document key missed (or the caller would be running the fed model): count that lookup,
-        # which the model's MemoGate would have counted had the model run.
+        # The fast door (document_tier) missed this text just before: count the lookup the
+        # model's MemoGate would have counted had the model run.
         self.executor.count_single((), 0.0)
         names = list(output_names) if output_names else self.outputs
         results = self.session.run(names + self._probs, input_feed, run_options)

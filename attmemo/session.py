@@ -149,7 +149,9 @@ class InferenceSession(ort.InferenceSession):
         self._memo = database
         self.memo_status = self._serve(db, database, path_or_bytes, options, kwargs, layers_off=layers_off,
                                        exact=model is not None)
-        if admit:
+        if admit and self._documents is None:   # only misses of the fast door may run the admitting model
+            log.warning("%s: no batch-1 fast door (see the log above), so nothing is admitted", db)
+        elif admit:
             self._admitter = admitting.admitter(database, path_or_bytes, options, kwargs, max_db_bytes=max_db_bytes,
                                                 eviction=eviction, outputs=[o.name for o in self.get_outputs()])
             self.memo_status += f"; admitting within {max_db_bytes} bytes" if self._admitter else ""

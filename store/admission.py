@@ -150,10 +150,6 @@ class AdmittedStore:
             self._maps[row] = rows
         return rows
 
-    def refresh(self) -> None:
-        with self._lock:
-            self._refresh()
-
     def _refresh(self, *, force: bool = False) -> None:
         """Take in what other processes committed or evicted, if the generation file says anything changed."""
         stamp = _stamp(self.folder / ADMITTED_GENERATION)
