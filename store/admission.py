@@ -24,7 +24,9 @@ by the kernel when a holder dies) and each re-reads the folder under it.
 
 Budget. Bytes on disk (sizes of the built database's files + everything under admitted/)
 never exceed ``max_db_bytes``: before writing an entry, entries are evicted, least recently
-used first (cachetools keeps the order: a hit counts as a use), until it fits.
+used first (cachetools keeps the order: a hit counts as a use), until it fits. The order is the
+admitting process's own: texts another process committed count as used when this one first sees
+them. Opening a folder reads every entry's header (one small read per admitted text).
 """
 
 from __future__ import annotations
