@@ -158,12 +158,11 @@ def _build(model_path, corpus, db: Path, scratch: Path, *, out, max_length, limi
 
     start = time.perf_counter()
     augmented = set(plan.augmented.tolist())
-    settings = RecordSettings(dtype=dtype, key_spec=key_spec, seed=training.seed,
-                              special_ids=frozenset(tokenizer.all_special_ids))
+    settings = RecordSettings(dtype=dtype, seed=training.seed, special_ids=frozenset(tokenizer.all_special_ids))
     to_record = (TextToRecord(i, ids, i in augmented) for i, ids in enumerate(token_ids()))
     heads, hidden_size, aug_targets = _write_records(
         recording(model_path, scratch, to_record, settings), db, scratch, texts=texts, augmented=len(augmented),
-        dtype=dtype, progress=progress)
+        dtype=dtype, key_spec=key_spec, progress=progress)
     seconds["record"] = time.perf_counter() - start
     model_id = metadata[MODEL_ID_KEY]
 
@@ -205,8 +204,8 @@ def _plan_rows(lengths: np.ndarray, buckets: tuple[int, ...], db: Path) -> Corpu
 
 
 def _write_records(records: Iterable[TextRecord], db: Path, scratch: Path, *, texts: Corpus, augmented: int, dtype,
-                   progress) -> tuple[dict[int, int], int, np.ndarray]:
-    """Append every text's record (in corpus order) to the value, feature and token files.
+                   key_spec, progress) -> tuple[dict[int, int], int, np.ndarray]:
+    """Append every text's record (in corpus order) to the value, key feature and token files.
 
     Returns ({layer: heads}, hidden size, float32[augmented, layers] TV targets).
     """
@@ -227,7 +226,6 @@ def _write_records(records: Iterable[TextRecord], db: Path, scratch: Path, *, te
                 raise MemoDatabaseError("the corpus changed while building (a text's length differs between passes).")
             b = int(texts.bucket_of[i])
             tokens[b][texts.row_of[i], :n] = record.ids
-            hidden_size = record.hidden_size
             for layer, encoded in record.probs.items():
                 heads[layer] = encoded.shape[0]
                 block = encoded
@@ -235,12 +233,15 @@ def _write_records(records: Iterable[TextRecord], db: Path, scratch: Path, *, te
                     block = np.zeros((encoded.shape[0], b, b), storage)
                     block[:, :n, :n] = encoded
                 _open(files, (layer, b), db / values_file(layer, b)).write(memoryview(np.ascontiguousarray(block)))
-                _open(files, layer, scratch / f"features.L{layer}").write(record.features[layer].tobytes())
+                hidden_size = record.hidden[layer].shape[1]
+                _open(files, layer, scratch / f"features.L{layer}").write(
+                    keys.pool(record.hidden[layer], key_spec).tobytes())
             done += 1
-            if record.edited_features is not None:
+            if record.edited_hidden is not None:
                 aug_targets.append(record.edit_distances)
-                for layer, features in record.edited_features.items():
-                    _open(files, ("aug", layer), scratch / f"augmented.L{layer}").write(features.tobytes())
+                for layer, hidden_nD in record.edited_hidden.items():
+                    _open(files, ("aug", layer), scratch / f"augmented.L{layer}").write(
+                        keys.pool(hidden_nD, key_spec).tobytes())
                 done += 1
             if progress:
                 progress(BuildProgress("record", done, total, time.perf_counter() - start))

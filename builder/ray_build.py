@@ -11,10 +11,12 @@ database. The workers do open the model at the driver's path, so on several
 machines put it on storage they all mount.
 
 Columns of a recorded block, one row per text (layer numbers in the names):
-``index`` int64, ``ids`` int64[n], ``hidden_size`` int64, ``augmented`` bool,
-``edit_distances`` float32[layers] (nan unless augmented) and per layer
-``probs.<layer>`` [H, n, n] encoded, ``features.<layer>`` float32[F],
-``edited_features.<layer>`` float32[F] (zeros unless augmented).
+``index`` int64, ``ids`` int64[n], ``augmented`` bool, ``edit_distances``
+float32[layers] (nan unless augmented) and per layer ``probs.<layer>`` [H, n, n]
+encoded, ``hidden.<layer>`` float32[n, D] and ``edited_hidden.<layer>`` float32[n', D]
+(empty unless augmented). The workers return hidden states, not pooled key features:
+pooling is a BLAS matrix product, whose rounding changes with the thread count (Ray
+workers run OpenBLAS on one thread), so the driver pools, as the local build does.
 
 Ray is optional (``pip install attmemo[ray]``) and imported here only, lazily.
 """
@@ -117,18 +119,15 @@ class _RecordTexts:
 
 def _columns(records: list[TextRecord]) -> dict[str, np.ndarray]:
     layers = sorted(records[0].probs)
-    feature_size = len(records[0].features[layers[0]])
     columns = {"index": np.array([r.index for r in records], np.int64), "ids": _ragged([r.ids for r in records]),
-               "hidden_size": np.array([r.hidden_size for r in records], np.int64),
-               "augmented": np.array([r.edited_features is not None for r in records]),
+               "augmented": np.array([r.edited_hidden is not None for r in records]),
                "edit_distances": np.stack([r.edit_distances if r.edit_distances is not None
                                            else np.full(len(layers), np.nan, np.float32) for r in records])}
     for layer in layers:
         columns[f"probs.{layer}"] = _ragged([r.probs[layer] for r in records])
-        columns[f"features.{layer}"] = np.stack([r.features[layer] for r in records])
-        columns[f"edited_features.{layer}"] = np.stack([
-            r.edited_features[layer] if r.edited_features is not None else np.zeros(feature_size, np.float32)
-            for r in records])
+        columns[f"hidden.{layer}"] = _ragged([r.hidden[layer] for r in records])
+        columns[f"edited_hidden.{layer}"] = _ragged([
+            r.edited_hidden[layer] if r.edited_hidden is not None else np.zeros((0, 0), np.float32) for r in records])
     return columns
 
 
@@ -140,11 +139,10 @@ def _records(batch: dict[str, np.ndarray]) -> Iterator[TextRecord]:
         yield TextRecord(
             index=int(batch["index"][j]), ids=np.asarray(batch["ids"][j], np.int64),
             probs={layer: np.asarray(batch[f"probs.{layer}"][j]) for layer in layers},
-            features={layer: np.asarray(batch[f"features.{layer}"][j]) for layer in layers},
-            edited_features={layer: np.asarray(batch[f"edited_features.{layer}"][j]) for layer in layers}
+            hidden={layer: np.asarray(batch[f"hidden.{layer}"][j]) for layer in layers},
+            edited_hidden={layer: np.asarray(batch[f"edited_hidden.{layer}"][j]) for layer in layers}
             if augmented else None,
-            edit_distances=np.asarray(batch["edit_distances"][j], np.float32) if augmented else None,
-            hidden_size=int(batch["hidden_size"][j]))
+            edit_distances=np.asarray(batch["edit_distances"][j], np.float32) if augmented else None)
 
 
 def _ragged(arrays: list[np.ndarray]) -> np.ndarray:

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attmemo.store import augment, keys, values
-from attmemo.store.manifest import KeySpec
+from attmemo.store import augment, values
 
 from .recorder import Recorder
 
@@ -25,7 +24,6 @@ from .recorder import Recorder
 @dataclasses.dataclass(frozen=True)
 class RecordSettings:
     dtype: str                   # stored probability format (values.codec)
-    key_spec: KeySpec            # how hidden states are pooled into key features
     seed: int                    # edits of augmented copies: rng([seed, text number])
     special_ids: frozenset[int]  # tokens an edit never touches
 
@@ -42,10 +40,9 @@ class TextRecord:
     index: int
     ids: np.ndarray                            # int64[n], as given
     probs: dict[int, np.ndarray]               # layer -> codec storage dtype [H, n, n], encoded
-    features: dict[int, np.ndarray]            # layer -> float32[F] pooled key features
-    edited_features: dict[int, np.ndarray] | None   # the same of the edited copy, if augmented
+    hidden: dict[int, np.ndarray]              # layer -> float32[n, D] the layer's input hidden states
+    edited_hidden: dict[int, np.ndarray] | None     # the same of the edited copy, if augmented
     edit_distances: np.ndarray | None          # float32[layers] TV distance to the edited copy, layers sorted
-    hidden_size: int                           # D
 
 
 # (model_path, scratch folder, texts in corpus order, settings) -> their records in the same order
@@ -53,22 +50,24 @@ Recording = Callable[[Path, Path, Iterable[TextToRecord], RecordSettings], Itera
 
 
 def record_text(recorder: Recorder, text: TextToRecord, settings: RecordSettings) -> TextRecord:
-    """Run ``text`` (and its edited copy if augmented) through ``recorder``; encode and pool its outputs."""
+    """Run ``text`` (and its edited copy if augmented) through ``recorder``; encode its probabilities.
+
+    The hidden states stay as they are: the writer pools them into key features (keys.pool is a
+    BLAS matrix product, whose rounding depends on the thread count, which differs on Ray workers).
+    """
     codec = values.codec(settings.dtype)
     records = recorder.run(text.ids)
-    hidden_size = next(iter(records.values()))[0].shape[1]
     probs = {layer: codec.encode(probs_Hnn) for layer, (_, probs_Hnn) in records.items()}
-    features = {layer: keys.pool(hidden_nD, settings.key_spec) for layer, (hidden_nD, _) in records.items()}
-    edited_features = distances = None
+    hidden = {layer: hidden_nD for layer, (hidden_nD, _) in records.items()}
+    edited_hidden = distances = None
     if text.augmented:
         edited = augment.edit_tokens(text.ids, special_ids=set(settings.special_ids),
                                      rng=np.random.default_rng([settings.seed, text.index]))
         edited_records = recorder.run(edited)
         distances = np.array([augment.tv_distance(records[layer][1], edited_records[layer][1])
                               for layer in sorted(edited_records)], np.float32)
-        edited_features = {layer: keys.pool(hidden_nD, settings.key_spec)
-                           for layer, (hidden_nD, _) in edited_records.items()}
-    return TextRecord(text.index, text.ids, probs, features, edited_features, distances, hidden_size)
+        edited_hidden = {layer: hidden_nD for layer, (hidden_nD, _) in edited_records.items()}
+    return TextRecord(text.index, text.ids, probs, hidden, edited_hidden, distances)
 
 
 def record_locally(model_path: Path, scratch: Path, texts: Iterable[TextToRecord],
