@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import shutil
 import socket
 import tempfile
@@ -36,7 +37,7 @@ import numpy as np
 
 from attmemo.store.manifest import MemoDatabaseError
 
-from .recorder import Recorder
+from .recorder import Recorder, recording_graph
 from .records import Recording, RecordSettings, TextRecord, TextToRecord, record_text
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def check_address(address: str) -> None:
 def _record_on_ray(model_path: Path, scratch: Path, texts: Iterable[TextToRecord], settings: RecordSettings, *,
                    address: str, workers: int | None) -> Iterator[TextRecord]:
     ray = _import_ray()
+    recording_graph(model_path)     # a model no worker can record fails here, in one sentence, before Ray starts
     started = _connect(ray, address, workers)
     try:
         workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -168,27 +170,21 @@ def _connect(ray, address: str, workers: int | None) -> bool:
     return True
 
 
+# The last line of a worker's traceback, as Ray's error messages carry it.
+_USER_ERROR = re.compile(r"^(?:attmemo\.store\.manifest\.MemoDatabaseError|ValueError|FileNotFoundError): (.+)$",
+                         re.M)
+
+
 def _unwrapped_errors(ray, batches):
-    """``batches``, with an error a worker raised for the user (a bad model, say) re-raised as itself."""
+    """``batches``, with an error a worker raised for the user (its model file missing on that node,
+    say) re-raised in one sentence; Ray's own errors pass unchanged."""
     try:
         yield from batches
     except ray.exceptions.RayError as error:
-        cause = _user_cause(error)
-        if cause is None:
+        found = _USER_ERROR.findall(str(error))
+        if not found:
             raise
-        raise MemoDatabaseError(str(cause.args[0]) if cause.args else str(cause)) from None
-
-
-def _user_cause(error: BaseException) -> BaseException | None:
-    """The first MemoDatabaseError, ValueError or FileNotFoundError among ``error``'s causes (Ray wraps them)."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, (MemoDatabaseError, ValueError, FileNotFoundError)) and \
-                type(error).__module__.split(".")[0] != "ray":
-            return error
-        error = getattr(error, "cause", None) or error.__cause__
-    return None
+        raise MemoDatabaseError(f"a Ray worker failed: {found[-1].strip()}") from None
 
 
 def _import_ray():

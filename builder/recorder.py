@@ -29,18 +29,9 @@ class Recorder:
         import onnx_ir as ir
         import onnxruntime as ort
 
-        from attmemo.transforms.unfuse import recording_model
-
-        try:
-            model = ir.load(model_path)
-        except Exception as error:  # noqa: BLE001 - protobuf raises many types for a bad file
-            raise MemoDatabaseError(f"{model_path}: not a readable ONNX model ({type(error).__name__}).") from error
+        model, self.layers = recording_graph(model_path)
         self.metadata = dict(model.metadata_props)
-        check_memo_metadata(model_path, self.metadata)
         self.model_id = self.metadata[MODEL_ID_KEY]
-        self.layers = recording_model(model)
-        if not self.layers:
-            raise MemoDatabaseError(f"{model_path}: has no MemoAttention layer; rewrite it with attmemo transform.")
         path = scratch / "recording.onnx"
         ir.save(model, path)
         so = ort.SessionOptions()
@@ -60,6 +51,24 @@ class Recorder:
                              "export a plain encoder (input_ids, attention_mask, token_type_ids).")
         outputs = self._session.run(self._outputs, {name: known[name] for name in self._inputs})
         return {layer.layer: (outputs[2 * i][0], outputs[2 * i + 1][0]) for i, layer in enumerate(self.layers)}
+
+
+def recording_graph(model_path: Path):
+    """(onnx_ir model rewritten into its recording model, its recorded layers); one-sentence
+    MemoDatabaseError unless ``model_path`` is a MemoAttention model with at least one layer."""
+    import onnx_ir as ir
+
+    from attmemo.transforms.unfuse import recording_model
+
+    try:
+        model = ir.load(model_path)
+    except Exception as error:  # noqa: BLE001 - protobuf raises many types for a bad file
+        raise MemoDatabaseError(f"{model_path}: not a readable ONNX model ({type(error).__name__}).") from error
+    check_memo_metadata(model_path, dict(model.metadata_props))
+    layers = recording_model(model)
+    if not layers:
+        raise MemoDatabaseError(f"{model_path}: has no MemoAttention layer; rewrite it with attmemo transform.")
+    return model, layers
 
 
 def read_memo_metadata(model_path: Path) -> dict[str, str]:
