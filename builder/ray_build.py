@@ -82,7 +82,11 @@ def _record_on_ray(model_path: Path, scratch: Path, texts: Iterable[TextToRecord
     recording_graph(model_path)     # a model no worker can record fails here, in one sentence, before Ray starts
     started = _connect(ray, address, workers)
     try:
-        workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if workers is not None and workers > cpus:
+            raise MemoDatabaseError(f"{workers} Ray workers need {workers} CPUs and the cluster has {cpus}; "
+                                    f"give --ray-workers {cpus} or fewer.")
+        workers = workers or max(1, cpus)
         items = [{"index": t.index, "ids": t.ids, "augmented": t.augmented} for t in texts]
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True     # records must reach the writer in corpus order
@@ -91,7 +95,7 @@ def _record_on_ray(model_path: Path, scratch: Path, texts: Iterable[TextToRecord
         context.enable_auto_log_stats = False
         blocks = min(len(items), max(2 * workers, math.ceil(len(items) / TEXTS_PER_BLOCK)))
         recorded = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-            _RecordTexts, fn_constructor_kwargs={"model_path": str(model_path), "settings": settings},
+            _RecordTexts, fn_constructor_kwargs={"model_path": str(Path(model_path).resolve()), "settings": settings},
             batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1)
         log.info("recording %d texts on %d Ray workers", len(items), workers)
         for batch in _unwrapped_errors(ray, recorded.iter_batches(batch_size=None, batch_format="numpy")):
