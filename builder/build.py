@@ -5,7 +5,8 @@
    (records.py, ray_build.py), and append, in corpus order, per layer, the
    probabilities to the bucket's value file and the pooled hidden states to a
    scratch feature file (every few texts also an edited copy, for near-duplicate
-   training pairs, see augment.py);
+   training pairs, see augment.py); then the token tables of the document key and
+   its shift index (store/shift_index.py, streamed from the tables);
 3. per layer: pair targets from the stored values, train the key embedding
    (torch), index every row's key (Annoy) (train.py);
 4. write the manifest, then rename the folder into place (a failed build
@@ -48,10 +49,11 @@ from pathlib import Path
 import numpy as np
 
 from attmemo.custom_ops.registry import MODEL_ID_KEY
-from attmemo.store import keys, manifest as manifest_file, values
+from attmemo.store import keys, manifest as manifest_file, shift_index, values
+from attmemo.store.documents import stored_places
 from attmemo.store.corpus import iter_texts
 from attmemo.store.database import default_db_dir
-from attmemo.store.layout import lengths_file, tokens_file, values_file
+from attmemo.store.layout import lengths_file, shift_dir, tokens_file, values_file
 from attmemo.store.manifest import KeySpec, Manifest, MemoDatabaseError
 
 from .recorder import load_tokenizer, read_memo_metadata
@@ -250,7 +252,14 @@ def _write_records(records: Iterable[TextRecord], db: Path, scratch: Path, *, te
             f.close()
     for b, table in tokens.items():
         np.save(_mkparent(db / tokens_file(b)), table, allow_pickle=False)
+    _write_shift_index(db, tokens, texts)
     return heads, hidden_size, np.array(aug_targets, np.float32).reshape(len(aug_targets), len(heads))
+
+
+def _write_shift_index(db: Path, tokens: dict[int, np.ndarray], texts: Corpus) -> None:
+    """The document key's shift index (store/shift_index.py) over every stored text, numbered as the database loads it."""
+    lengths = {b: texts.lengths[texts.bucket_of == b] for b in tokens}
+    shift_index.build((tokens[b][row, :lengths[b][row]] for b, row in stored_places(lengths)), db / shift_dir())
 
 
 def _open(files: dict, key, path: Path):

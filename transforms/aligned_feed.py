@@ -35,10 +35,9 @@ import onnx_ir as ir
 
 from attmemo.store.align import Alignment
 
+from .names import ALIGNED_COLUMNS as COLUMNS, ALIGNED_ROWS as ROWS
 from .unfuse import fed_model
 
-ROWS = "attmemo.aligned.rows"
-COLUMNS = "attmemo.aligned.columns"
 # A row whose surviving columns hold no stored mass (all it attended to was deleted)
 # gets a zero context rather than NaN; Z is a sum of probabilities, so 1e-30 never
 # distorts a real one.
@@ -57,7 +56,7 @@ def aligned_fed_model(model: ir.Model, layers, *, fed_dtype=np.float32) -> list[
 
     fed_dtype: float32 or float16, the dtype of the stored P_s inputs [1, H, m, m].
     Other layers compute exactly. Returns the stored-P input names, in layer order;
-    the model also gains the inputs ROWS and COLUMNS (see ``alignment_feeds``).
+    the model also gains the inputs ROWS and COLUMNS (attmemo.document_tier.alignment_feeds).
     Raises ValueError if a served layer does not multiply P by V in one MatMul.
     """
     names = fed_model(model, layers, _Unscaled(np.dtype(fed_dtype)))
@@ -77,13 +76,6 @@ def aligned_fed_model(model: ir.Model, layers, *, fed_dtype=np.float32) -> list[
                              "be remapped; serve it position for position (fed_model).")
         _context_on_stored_positions(model.graph, matmul, rows, columns, prefix=name.replace("stored_probs", "aligned"))
     return names
-
-
-def alignment_feeds(alignment: Alignment) -> dict[str, np.ndarray]:
-    """{ROWS: int64[n] r, COLUMNS: int64[m] b with n where lost}: the inputs ``aligned_fed_model`` adds."""
-    n = len(alignment.stored_of_query)
-    columns = np.where(alignment.query_of_stored >= 0, alignment.query_of_stored, n)
-    return {ROWS: np.ascontiguousarray(alignment.rows, np.int64), COLUMNS: columns.astype(np.int64)}
 
 
 def remapped_probs(stored_Hmm: np.ndarray, alignment: Alignment) -> np.ndarray:
