@@ -63,8 +63,9 @@ def model(tiny_db):
 @pytest.fixture(scope="module")
 def fed(model):
     """The fed model of both layers (what a hit runs), for computing reuse independently of the store."""
-    from attmemo.session import fed_model, rewritten_model_bytes
+    from attmemo.session import rewritten_model_bytes
     from attmemo.store.values import codec
+    from attmemo.transforms.unfuse import fed_model
     return ort.InferenceSession(rewritten_model_bytes(model, lambda m: fed_model(m, (0, 1), codec("float32"))))
 
 
