@@ -53,7 +53,8 @@ class Budget:
     cosine_mean: float = 0.99      # mean cosine of the sentence embedding to the exact model
     cosine_p1: float = 0.97        # its 1st percentile
     accuracy_loss: float = 0.005   # nearest-centroid accuracy loss (fraction), when labels exist
-    confidence: float = 0.9        # of the lower bound on the 1st percentile a served choice must keep
+    # What all the texts' 1st percentile must clear beyond cosine_p1 (see ``keeps``).
+    p1_margin: float = 0.002
 
     def holds(self, trial: Trial) -> bool:
         accuracy_ok = trial.accuracy_loss is None or trial.accuracy_loss <= self.accuracy_loss + 1e-12
@@ -63,26 +64,21 @@ class Budget:
         """Why a trial chosen within budget on one half of the texts may not be served, or None.
 
         The budget is a promise about texts calibration has not seen. A choice must hold on
-        the other half, and on all the texts with the 1st percentile at its lower confidence
-        bound: each half can pass alone while the union does not (templated licence texts:
-        halves above 0.97, all texts 0.9605, new texts 0.942), and with 50 texts the sample
-        1st percentile is about the minimum.
+        the other half, and on all the texts with the 1st percentile ``p1_margin`` above the
+        budget: each half can pass alone while the union does not (templated licence texts:
+        halves above 0.97, all texts 0.9605, new texts 0.942). A bootstrap lower bound was
+        tried and dropped: with the 24-50 texts calibration gets, it is the sample minimum, so
+        it refused edited documents (all 24 texts p1 0.9750, minimum 0.9698) whose held-out
+        half then measured p1 0.98.
         """
         if not self.holds(trial.on(confirm_on)):
             return f"not on the other half ({_quality_text(trial.on(confirm_on))})"
-        bound = p1_lower_bound(trial.per_text.cosine, confidence=self.confidence)
         everywhere = trial.on(np.arange(len(trial.per_text.cosine)))
-        if not self.holds(dataclasses.replace(everywhere, cosine={**everywhere.cosine, "p1": bound})):
-            return (f"not on all {len(trial.per_text.cosine)} texts with a margin ({_quality_text(everywhere)}; "
-                    f"1st percentile at least {bound:.4f} with {self.confidence:.0%} confidence)")
+        if not self.holds(dataclasses.replace(everywhere, cosine={**everywhere.cosine,
+                                                                  "p1": everywhere.cosine["p1"] - self.p1_margin})):
+            return (f"not on all {len(trial.per_text.cosine)} texts with a margin of {self.p1_margin:g} on the "
+                    f"1st percentile ({_quality_text(everywhere)})")
         return None
-
-
-def p1_lower_bound(cosines_N: np.ndarray, *, confidence: float, resamples: int = 1000) -> float:
-    """A lower confidence bound on the 1st percentile of ``cosines_N`` (bootstrap, percentile method, seeded)."""
-    rng = np.random.default_rng(0)
-    samples = cosines_N[rng.integers(0, len(cosines_N), (resamples, len(cosines_N)))]
-    return float(np.quantile(np.percentile(samples, 1, axis=1), 1 - confidence))
 
 
 @dataclasses.dataclass(frozen=True)
