@@ -215,8 +215,8 @@ def _record(recorder: Recorder, token_ids, db: Path, scratch: Path, *, texts: Co
                 heads[layer], hidden_size = probs_Hnn.shape[0], hidden_nD.shape[1]
                 block = encoded = codec.encode(probs_Hnn)
                 if len(ids) < b:
-                    block = np.zeros((probs_Hnn.shape[0], b, b), codec.storage)
-                    block[:, :len(ids), :len(ids)] = encoded
+                    block = np.zeros((probs_Hnn.shape[0], b, codec.columns(b)), codec.storage)
+                    block[:, :len(ids), :codec.columns(len(ids))] = encoded
                 _open(files, (layer, b), db / values_file(layer, b)).write(memoryview(block))
                 _open(files, layer, scratch / f"features.L{layer}").write(keys.pool(hidden_nD, key_spec).tobytes())
             done += 1

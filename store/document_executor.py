@@ -118,11 +118,11 @@ class DocumentExecutor:
         return hit_B, out
 
     def feeds(self, ids_n: np.ndarray, served: tuple[int, ...], found, name) -> dict[str, np.ndarray]:
-        """The fed model's inputs for ``served`` layers: ``name(layer)`` -> [1, H, n, n] stored attention."""
-        n = len(ids_n)
+        """The fed model's inputs for ``served`` layers: ``name(layer)`` -> [1, H, n, codec.columns(n)] stored attention."""
+        n, codec = len(ids_n), self.database.codec
         fed = {}
         for layer in served:
-            out = self._buffer(("fed", layer), (1, self.database.heads(layer), n, n), self.database.codec.fed_dtype)
+            out = self._buffer(("fed", layer), (1, self.database.heads(layer), n, codec.columns(n)), codec.fed_dtype)
             fed[name(layer)] = self.database.fed_probs(layer, found.bucket, found.row, n, out)
         return fed
 

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import log_codes
+from .log_codes import LogCodes
 from .manifest import MemoDatabaseError
 
 UNORM_MAX = 65535
@@ -64,10 +66,20 @@ _HALF_TO_UNORM16 = np.rint(np.clip(np.nan_to_num(np.arange(2**16, dtype=np.uint3
 @dataclasses.dataclass(frozen=True)
 class Codec:
     storage: np.dtype
-    encode: Callable[[np.ndarray], np.ndarray]        # float32[H, n, n] -> stored
-    decode: Callable[[np.ndarray, np.ndarray], None]  # (stored, out float32) in place
+    encode: Callable[[np.ndarray], np.ndarray]        # float32[H, n, n] -> stored [H, n, columns(n)]
+    decode: Callable[[np.ndarray, np.ndarray], None]  # (stored [..., columns(n)], out float32 [..., n]) in place
     fed_dtype: np.dtype       # what the fed model's inputs hold (store/documents.py, transforms/unfuse.py)
     fed_scale: float | None   # what the fed model multiplies P·V by
+    log: LogCodes | None = None   # log codes (log_codes.py): the fed model decodes them in the graph
+
+    def columns(self, n: int) -> int:
+        """Stored elements per row of n probabilities (n, or ceil(n/2) for two codes per byte)."""
+        return self.log.columns(n) if self.log is not None else n
+
+
+def _log_codec(spec: LogCodes) -> Codec:
+    return Codec(np.dtype(np.uint8), lambda p: log_codes.encode(p, spec),
+                 lambda stored, out: log_codes.decode(stored, out, spec), np.dtype(np.uint8), None, spec)
 
 
 CODECS = {
@@ -76,6 +88,8 @@ CODECS = {
                      np.dtype(np.float16), None),
     "float32": Codec(np.dtype(np.float32), lambda p: np.ascontiguousarray(p, np.float32), _decode_float,
                      np.dtype(np.float32), None),
+    "log8": _log_codec(log_codes.LOG8),
+    "log4": _log_codec(log_codes.LOG4),
 }
 
 
@@ -86,7 +100,8 @@ def codec(name: str) -> Codec:
 
 
 def entry_bytes(heads: int, bucket: int, dtype: str) -> int:
-    return heads * bucket * bucket * codec(dtype).storage.itemsize
+    c = codec(dtype)
+    return heads * bucket * c.columns(bucket) * c.storage.itemsize
 
 
 def _check_size(path: Path, expected: int, what: str) -> None:
@@ -104,24 +119,33 @@ class ValueFile:
 
     def __init__(self, path: Path, *, count: int, heads: int, bucket: int, dtype: str, mode: str):
         self.path, self.bucket, self.codec = path, bucket, codec(dtype)
-        storage = self.codec.storage
+        storage, columns = self.codec.storage, self.codec.columns(bucket)
         if mode == "r":
             _check_size(path, count * entry_bytes(heads, bucket, dtype),
-                        f"{count} rows of [{heads}, {bucket}, {bucket}] {dtype}")
+                        f"{count} rows of [{heads}, {bucket}, {columns}] {dtype}")
         try:
-            self.rows = np.memmap(path, dtype=storage, mode=mode, shape=(count, heads, bucket, bucket))
+            self.rows = np.memmap(path, dtype=storage, mode=mode, shape=(count, heads, bucket, columns))
         except (OSError, ValueError) as error:
             raise MemoDatabaseError(f"{path}: cannot map the value store ({error}); rebuild the database.") from error
 
     def write(self, row: int, probs_Hnn: np.ndarray) -> None:
         n = probs_Hnn.shape[-1]
-        self.rows[row, :, :n, :n] = self.codec.encode(probs_Hnn)
+        self.rows[row, :, :n, :self.codec.columns(n)] = self.codec.encode(probs_Hnn)
+
+    def stored(self, row: int, n: int) -> np.ndarray:
+        """The valid region of ``row`` as stored: [H, n, codec.columns(n)], a view of the mapping."""
+        return self.rows[row, :, :n, :self.codec.columns(n)]
 
     def read(self, row: int, n: int, out_Hnn: np.ndarray | None = None) -> np.ndarray:
         """Decode the valid [H, n, n] region of ``row`` (into ``out_Hnn`` if given)."""
-        stored = self.rows[row, :, :n, :n]
-        out = out_Hnn if out_Hnn is not None else np.empty(stored.shape, np.float32)
-        self.codec.decode(stored, out)
+        out = out_Hnn if out_Hnn is not None else np.empty((self.rows.shape[1], n, n), np.float32)
+        self.codec.decode(self.stored(row, n), out)
+        return out
+
+    def read_rows(self, row: int, n: int, rows_r: np.ndarray) -> np.ndarray:
+        """float32[H, r, n]: the decoded rows ``rows_r`` of ``row``'s [H, n, n] (training targets)."""
+        out = np.empty((self.rows.shape[1], len(rows_r), n), np.float32)
+        self.codec.decode(self.stored(row, n)[:, rows_r], out)
         return out
 
     def raw_into(self, row: int, n: int, out_HSS: np.ndarray, positions: np.ndarray | None = None) -> None:
@@ -150,30 +174,31 @@ class ValueFile:
 
     def unorm16(self, row: int, n: int) -> np.ndarray:
         """The [H, n, n] region of ``row`` as unorm16 (what the lookup op returns): in place if stored so."""
-        stored = self.rows[row, :, :n, :n]
-        if self.rows.dtype == np.uint16:
+        stored = self.stored(row, n)
+        if self.codec.log is None and self.rows.dtype == np.uint16:
             return stored
-        if self.rows.dtype == np.float16:
+        if self.codec.log is None and self.rows.dtype == np.float16:
             return _HALF_TO_UNORM16[stored.view(np.uint16)]
-        return encode_unorm16(np.array(stored, np.float32))
+        # float32 as it is; log codes decoded by numpy first (log_codes.decode's cost, per hit).
+        return encode_unorm16(self.read(row, n))
 
-    def fed(self, row: int, n: int, out_1Hnn: np.ndarray) -> np.ndarray:
-        """[1, H, n, n] of ``row`` as the fed model reads it (``codec.fed_dtype``, ``fed_scale`` applies).
+    def fed(self, row: int, n: int, out_1Hnc: np.ndarray) -> np.ndarray:
+        """[1, H, n, codec.columns(n)] of ``row`` as the fed model reads it (``codec.fed_dtype``; see unfuse.fed_model).
 
-        A float16 or float32 block that fills its bucket is returned in place (onnxruntime
-        reads a contiguous read-only mapping without copying it); otherwise it is copied
-        (unorm16: widened) into ``out_1Hnn``.
+        A float16, float32 or log-coded block that fills its bucket is returned in place
+        (onnxruntime reads a contiguous read-only mapping without copying it); otherwise it
+        is copied (unorm16: widened) into ``out_1Hnc``.
         """
         if self.rows.dtype == self.codec.fed_dtype and n == self.bucket:
             return self.rows[row:row + 1]
-        np.copyto(out_1Hnn[0], self.rows[row, :, :n, :n])
-        return out_1Hnn
+        np.copyto(out_1Hnc[0], self.stored(row, n))
+        return out_1Hnc
 
     def as_float(self, row: int, n: int, out_1Hnn: np.ndarray) -> np.ndarray:
         """[1, H, n, n] float32 of ``row``: in place if stored as float32 filling its bucket, else decoded into ``out_1Hnn``."""
         if self.rows.dtype == np.float32 and n == self.bucket:
             return self.rows[row:row + 1]
-        self.codec.decode(self.rows[row, :, :n, :n], out_1Hnn[0])
+        self.codec.decode(self.stored(row, n), out_1Hnn[0])
         return out_1Hnn
 
     def flush(self) -> None:
