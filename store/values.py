@@ -1,8 +1,9 @@
 """Stored attention probabilities: one fixed-stride memmap per layer and length bucket.
 
-Row r of the bucket-b file of a layer with H heads is a [H, b, b] block; a
-sequence of n <= b real tokens fills its top-left [H, n, n] (padding rows and
-columns are not stored, the rest of the block stays zero). Three codecs:
+Row r of the bucket-b file of a layer with H heads is a [H, b, columns(b)] block; a
+sequence of n <= b real tokens fills its top-left [H, n, columns(n)] (padding rows and
+columns are not stored, the rest of the block stays zero). columns(n) is n, or ceil(n/2)
+for log4. Five codecs:
 
 unorm16 (default): round(p * 65535) as uint16; at encoding the
     rounding error of each row is added to the row's largest entry, so every row
@@ -18,6 +19,13 @@ float16 (the same bytes) and float32 (twice the bytes): p as IEEE half or single
     lookup op must return unorm16 (a Python op cannot return float16): it converts
     a float16 block per hit through a 64K-entry table and encodes a float32 one,
     so that path is slower with either.
+log8 (a quarter of float32's bytes) and log4 (an eighth): log codes (log_codes.py), uint8,
+    handed to the fed model in place like float32 and decoded by it natively
+    (DequantizeLinear + Exp, log4 unpacked by two bit operations first; fed_decode.py).
+    Quality and cost (benchmarks/compact_formats.py, `edited`, 256 tokens, every layer
+    reusing): COMPACT_NUMBERS
+    The per-layer Python ops decode in numpy per hit (log_codes.decode, ~10 ns a value),
+    and the lookup op then re-encodes to unorm16: slower still, never wrong.
 numpy converts IEEE half to float32 at ~2 ns per value (6 ms for one 12x512x512 matrix),
 so nothing on a serving path does that.
 
