@@ -113,8 +113,10 @@ def test_a_log_coded_database_serves_the_decoded_attention_on_both_paths(log_db,
     oracle = ort.InferenceSession(ir.serde.serialize_model(oracle_ir).SerializeToString())
     documents = attmemo.InferenceSession(str(model), db=db)
     plain = ort.InferenceSession(str(model), attmemo.session_options(db=db))
-    for text in TINY_CORPUS[:6:2]:
-        ids = np.asarray(tokenizer(text)["input_ids"], np.int64)[None]
+    texts = [np.asarray(tokenizer(text)["input_ids"], np.int64)[None] for text in TINY_CORPUS]
+    odd = next(ids for ids in texts if ids.shape[1] % 2)     # log4 then stores one padding nibble a row
+    even = next(ids for ids in texts if ids.shape[1] % 2 == 0)
+    for ids in (odd, even, texts[-1]):
         feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
         feed = {i.name: feed[i.name] for i in documents.get_inputs()}
         n = ids.shape[1]

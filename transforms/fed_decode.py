@@ -3,8 +3,8 @@
 B batch, H heads, n tokens, c = ceil(n/2) stored bytes per row of a log4 store.
 
     log8: codes_BHnn uint8 --DequantizeLinear(step, zero point 255)--> x --Exp--> G_BHnn
-    log4: packed_BHnc uint8 --BitwiseAnd 15--> low  \\
-                            --BitShift >> 4--> high --Concat(-1)--> codes_BHn2c --Slice(:n)--> ... as log8 (zero point 15)
+    log4: packed_BHnc uint8 --BitwiseAnd 15--> low ---------------------\\
+                            --BitShift >> 4--> high --Slice(:n - c)--> Concat(-1) --> codes_BHnn ... as log8 (zero point 15)
 
 G is the probability for log8 and proportional to it per row for log4 (levels relative to
 the row's largest entry); the caller divides P·V by G's row sums then (unfuse.fed_model).
@@ -46,11 +46,13 @@ def decode_nodes(packed: ir.Value, spec: LogCodes, *, prefix: str, dense_name: s
             low = add("BitwiseAnd", [packed, const(np.array(15, np.uint8), "fifteen")], "code_low")
         else:
             low = add("Sub", [packed, add("BitShift", [high, four], "code_high_back", direction="LEFT")], "code_low")
-        both = add("Concat", [low, high], "codes_2c", axis=-1)
-        # An odd n stores one padding code in the last high nibble: keep the first n columns.
+        # An odd n stores one padding code in the last high nibble: keep n - c high columns
+        # (slicing the uint8 half is the cheapest place to drop it).
         rows = add("Shape", [packed], "rows", start=2, end=3)
-        codes = add("Slice", [both, const(np.array([0], np.int64), "start"), rows,
-                              const(np.array([3], np.int64), "axis")], "codes")
+        kept = add("Sub", [rows, add("Shape", [packed], "packed_columns", start=3, end=4)], "high_columns")
+        high = add("Slice", [high, const(np.array([0], np.int64), "start"), kept,
+                             const(np.array([3], np.int64), "axis")], "code_high_kept")
+        codes = add("Concat", [low, high], "codes", axis=-1)
     logits = add("DequantizeLinear", [codes, const(np.array(spec.step, np.float32), "step"),
                                       const(np.array(spec.top, np.uint8), "top")], "log_level")
     dense = add("Exp", [logits], "exp")
