@@ -14,6 +14,8 @@ the format is the only difference). The queries are the edited copies of those t
   export on the first TIMED queries, all sessions interleaved in one loop with intra-op
   spinning off in each (runtime-facts.md); each query's median over ROUNDS, ratio of the
   totals. The oracle (every layer fed the query's own attention for free) is the floor;
+- CPU time / baseline: the same runs' process CPU time, the same ratio (robust to other jobs
+  on the machine where wall time is not; see ``_interleaved``);
 - cosine of the sentence embedding to the unmodified export's, mean and p1, over all queries;
 - numpy decode: what the per-layer Python ops (MemoFetch) pay per layer hit to turn one
   stored 12x256x256 block into float32 (the fed model decodes in the graph instead).
@@ -78,7 +80,6 @@ def _measure(paths, dbs: dict[str, Path], queries: list[str], *, timed: int, rou
     import onnxruntime as ort
 
     import attmemo
-    from attmemo import bench
     from attmemo.bench import quiet_session_options
     from attmemo.builder.recorder import Recorder, load_tokenizer, unpadded_inputs
     from attmemo.embedding import sentence_embedding
@@ -109,17 +110,41 @@ def _measure(paths, dbs: dict[str, Path], queries: list[str], *, timed: int, rou
     import tempfile
     with tempfile.TemporaryDirectory(prefix="attmemo-compact-") as scratch:
         recorder = Recorder(paths["memo"], Path(scratch))
-    ms = {name: [] for name in sessions}
+    ms, cpu_ms = {name: [] for name in sessions}, {name: [] for name in sessions}
     for i in range(min(timed, len(feeds))):
         oracle = {probs_value(layer): p[None] for layer, (_, p) in recorder.run(ids[i]).items()}
-        t = bench.interleaved(sessions, feeds[i], baseline="baseline", rounds=rounds, extra_feeds={"oracle": oracle})
+        wall, cpu = _interleaved(sessions, feeds[i], rounds=rounds, extra_feeds={"oracle": oracle})
         for name in sessions:
-            ms[name].append(t.median_ms[name])
+            ms[name].append(wall[name])
+            cpu_ms[name].append(cpu[name])
         print(f"  timed query {i + 1}: " + ", ".join(f"{n} {v[-1]:.1f} ms" for n, v in ms.items()), flush=True)
     for name in sessions:
         rows.setdefault(name, {}).update(ms=float(np.mean(ms[name])),
-                                         ratio=float(np.sum(ms[name]) / np.sum(ms["baseline"])))
+                                         ratio=float(np.sum(ms[name]) / np.sum(ms["baseline"])),
+                                         cpu_ratio=float(np.sum(cpu_ms[name]) / np.sum(cpu_ms["baseline"])))
     return {"formats": rows}
+
+
+def _interleaved(sessions, feed, *, rounds: int, extra_feeds) -> tuple[dict, dict]:
+    """Per session, median wall ms and median process CPU ms of one run, in rotated interleaved rounds.
+
+    As attmemo.bench.interleaved, plus CPU time: with intra-op spinning off a session's
+    threads use CPU only while working, so on a machine other jobs load, CPU time still
+    tells the work of each run apart where wall time mostly measures the wait for a core.
+    """
+    names = list(sessions)
+    feeds = {name: {**feed, **extra_feeds.get(name, {})} for name in names}
+    for name in names:
+        sessions[name].run(None, feeds[name])   # warm-up
+    wall, cpu = {name: [] for name in names}, {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            sessions[name].run(None, feeds[name])
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return ({n: float(np.median(t)) * 1e3 for n, t in wall.items()},
+            {n: float(np.median(t)) * 1e3 for n, t in cpu.items()})
 
 
 def _bytes(db: Path) -> dict:
@@ -150,16 +175,17 @@ def table(result: dict) -> list[str]:
     base = rows["baseline"]
     lines = [f"edited, {result['texts']} texts, {MAX_LENGTH} tokens; {result['timed']} timed x {result['rounds']} "
              f"rounds; load average at the end {', '.join(f'{v:.2f}' for v in result['load_average'])}",
-             "| format | bytes per stored text | of float32 | hit / baseline | cosine mean | cosine p1 | "
-             "hits | numpy decode per layer hit |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| format | bytes per stored text | of float32 | hit / baseline | CPU time / baseline | cosine mean | "
+             "cosine p1 | hits | numpy decode per layer hit |",
+             "|---|---|---|---|---|---|---|---|---|"]
     fp32 = rows["float32"]["bytes_per_text"]
     for name in FORMATS:
         r = rows[name]
         lines.append(f"| {name} | {r['bytes_per_text'] / 2**20:.2f} MiB | {r['bytes_per_text'] / fp32:.3f} | "
-                     f"{r['ratio']:.3f} | {r['cosine_mean']:.5f} | {r['cosine_p1']:.5f} | {r['hit_share']:.0%} | "
+                     f"{r['ratio']:.3f} | {r['cpu_ratio']:.3f} | {r['cosine_mean']:.5f} | {r['cosine_p1']:.5f} | {r['hit_share']:.0%} | "
                      f"{r['numpy_decode_ms']:.2f} ms |")
-    lines.append(f"baseline {base['ms']:.1f} ms per query; oracle / baseline {rows['oracle']['ratio']:.3f}")
+    lines.append(f"baseline {base['ms']:.1f} ms per query; oracle / baseline {rows['oracle']['ratio']:.3f} "
+                 f"(CPU time {rows['oracle']['cpu_ratio']:.3f})")
     return lines
 
 

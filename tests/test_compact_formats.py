@@ -95,16 +95,17 @@ def _by_hand(stored_Hnc: np.ndarray, dtype: str, n: int) -> np.ndarray:
 
 @pytest.fixture(scope="module", params=["log8", "log4"])
 def log_db(request, tiny_db, tmp_path_factory):
-    from attmemo.builder.build import build_database
-    from attmemo.builder.train import KeyTraining
+    """The tiny corpus stored in a log format, built as a user would: ``attmemo build-db --dtype``."""
+    from attmemo.cli import main
 
     model, _, corpus = tiny_db
     db = tmp_path_factory.mktemp(request.param) / "bert.memo"
-    build_database(model, corpus, out=db, max_length=32, dtype=request.param, training=KeyTraining(epochs=5))
+    assert main(["build-db", str(model), "--corpus", str(corpus), "--out", str(db), "--max-length", "32",
+                 "--dtype", request.param]) == 0
     return model, db, request.param
 
 
-def test_a_log_coded_database_serves_the_decoded_attention_on_both_paths(log_db, tokenizer):
+def test_a_log_coded_database_serves_the_decoded_attention_on_both_paths(log_db, tokenizer, exact):
     model, db, dtype = log_db
     database = MemoDatabase.open(db)
     assert database.manifest.dtype == dtype
@@ -121,12 +122,17 @@ def test_a_log_coded_database_serves_the_decoded_attention_on_both_paths(log_db,
         feed = {i.name: feed[i.name] for i in documents.get_inputs()}
         n = ids.shape[1]
         match = database.documents.nearest(ids[0])
-        served = database.document_serving.served(match.similarity)
-        assert served == (0, 1)
+        assert database.document_serving.served(match.similarity) == (0, 1)
         fed = {probs_value(layer): _by_hand(np.asarray(database._layers[layer].buckets[match.bucket].values.stored(
             match.row, n)), dtype, n)[None] for layer in (0, 1)}
         expected = oracle.run(None, {**feed, **fed})[0]
+        before = _hits(documents)
         np.testing.assert_allclose(documents.run(None, feed)[0], expected, atol=2e-5)
+        assert [after - b for after, b in zip(_hits(documents), before)] == [1, 1]   # the fed model served
+        # The exact path differs from the decoded codes by far more than 2e-5: the Python ops served.
+        assert np.abs(exact.run(None, feed)[0] - expected).max() > 1e-3
         np.testing.assert_allclose(plain.run(None, feed)[0], expected, atol=2e-5)
-    hits = [entry["hits"] for _, entry in sorted(documents.memo_stats().items())]
-    assert hits == [6, 6]   # three texts, each a hit of both layers on each of the two sessions
+
+
+def _hits(session) -> list[int]:
+    return [entry["hits"] for _, entry in sorted(session.memo_stats().items())]
