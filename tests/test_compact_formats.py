@@ -136,3 +136,25 @@ def test_a_log_coded_database_serves_the_decoded_attention_on_both_paths(log_db,
 
 def _hits(session) -> list[int]:
     return [entry["hits"] for _, entry in sorted(session.memo_stats().items())]
+
+
+def test_a_padded_batch_over_a_log_coded_database_serves_what_each_sequence_gets_alone(log_db, tokenizer):
+    """A batch goes through MemoGate / MemoFetch (numpy decode into its place in the batch);
+    one sequence alone through the fed model (graph decode): both must give the same."""
+    model, db, _ = log_db
+    session = attmemo.InferenceSession(str(model), db=db)
+    names = {i.name for i in session.get_inputs()}
+    texts = [np.asarray(tokenizer(text)["input_ids"], np.int64) for text in (TINY_CORPUS[0], TINY_CORPUS[-1])]
+    size = max(len(ids) for ids in texts)
+    ids_BS, mask_BS = np.zeros((2, size), np.int64), np.zeros((2, size), np.int64)
+    for b, ids in enumerate(texts):
+        ids_BS[b, :len(ids)], mask_BS[b, :len(ids)] = ids, 1
+    batch = {"input_ids": ids_BS, "attention_mask": mask_BS, "token_type_ids": np.zeros_like(ids_BS)}
+    before = _hits(session)
+    out = session.run(None, {k: v for k, v in batch.items() if k in names})[0]
+    assert [after - b for after, b in zip(_hits(session), before)] == [2, 2]
+    for b, ids in enumerate(texts):
+        alone = {"input_ids": ids[None], "attention_mask": np.ones((1, len(ids)), np.int64),
+                 "token_type_ids": np.zeros((1, len(ids)), np.int64)}
+        expected = session.run(None, {k: v for k, v in alone.items() if k in names})[0][0]
+        np.testing.assert_allclose(out[b, :len(ids)], expected, atol=2e-5)
