@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     corpus = write_corpus(workload, args.workdir / f"edited.{args.texts}.stored.jsonl")
     dbs = {name: _database(paths["memo"], corpus, args.workdir / f"edited.{args.texts}.{name}.memo", dtype=name)
            for name in FORMATS}
+    load_before = os.getloadavg()
     result = _measure(paths, dbs, workload.queries, timed=args.timed, rounds=args.rounds)
-    result.update(texts=args.texts, timed=args.timed, rounds=args.rounds, load_average=os.getloadavg())
+    result.update(texts=args.texts, timed=args.timed, rounds=args.rounds, load_before=load_before,
+                  load_average=os.getloadavg())
     for line in table(result):
         print(line)
     if args.json:
@@ -174,7 +176,8 @@ def table(result: dict) -> list[str]:
     rows = result["formats"]
     base = rows["baseline"]
     lines = [f"edited, {result['texts']} texts, {MAX_LENGTH} tokens; {result['timed']} timed x {result['rounds']} "
-             f"rounds; load average at the end {', '.join(f'{v:.2f}' for v in result['load_average'])}",
+             f"rounds; load average (1, 5, 15 min) before {', '.join(f'{v:.2f}' for v in result['load_before'])}, "
+             f"after {', '.join(f'{v:.2f}' for v in result['load_average'])}",
              "| format | bytes per stored text | of float32 | hit / baseline | CPU time / baseline | cosine mean | "
              "cosine p1 | hits | numpy decode per layer hit |",
              "|---|---|---|---|---|---|---|---|---|"]
