@@ -197,13 +197,18 @@ def _evaluate(w: Workload, paths: dict[str, Path], *, max_length: int, workdir: 
     return _result(w, max_length=max_length, settings=settings, db_dir=db_dir, build=build, database=database,
                    layers=layers, latency=latency, hits=hits, ceiling=ceiling, memo=memo, exact=exact,
                    accuracy=accuracy, calibration=calibration, calib=calib, measured=measured,
-                   alternatives=_alternatives(stored.ids, stored_exact, run.ids, exact))
+                   alternatives=_alternatives(stored.ids, stored_exact, run.ids, exact),
+                   by_share=_by_share(database, run.ids, memo, exact))
 
 
 def _built_file(db_dir: Path) -> Path:
     """Beside a database this module built: what its build reported (calibration rewrites only
     the manifest's serving choice, so a database of the same model and texts serves again)."""
     return db_dir.with_name(db_dir.name + ".built.json")
+
+
+# Bumped when build-db writes something a database built before lacks (2: the shift index).
+_BUILD_FORMAT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +226,8 @@ def _content_key(model: Path, corpus: Path, max_length: int, dtype: str) -> str:
     """
     import hashlib
     stat = model.stat()
-    digest = hashlib.sha256(f"{model.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{max_length}|{dtype}|".encode())
+    digest = hashlib.sha256(f"{model.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{max_length}|{dtype}|"
+                            f"{_BUILD_FORMAT}|".encode())
     digest.update(corpus.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -238,7 +244,7 @@ def _built(db_dir: Path) -> _Build | None:
 
 
 def _result(w: Workload, *, max_length, settings, db_dir, build, database, layers, latency, hits, ceiling, memo,
-            exact, accuracy, calibration, calib, measured, alternatives) -> dict:
+            exact, accuracy, calibration, calib, measured, alternatives, by_share) -> dict:
     from attmemo.ceiling import cosine_stats
 
     thresholds = database.thresholds
@@ -256,10 +262,39 @@ def _result(w: Workload, *, max_length, settings, db_dir, build, database, layer
         "cosine": dataclasses.asdict(cosine_stats(memo, exact)), "accuracy": accuracy, "db_bytes": build.bytes_on_disk,
         "layers": {str(layer): thresholds.get(layer) for layer in layers},
         "documents": None if database.document_serving is None else database.document_serving.as_json(),
-        "alternatives": alternatives,
+        "alternatives": alternatives, "by_share": by_share,
         "calibration": {"chosen": calibration.chosen.describe(), "seconds": calibration.seconds,
                         "trials": [_trial_json(t) for t in calibration.trials]},
     }
+
+
+# Bins of the match share (tokens a query has in common with the stored text it would be served from).
+SHARE_BINS = (0.0, 0.8, 0.9, 0.95, 0.98, 1.0)
+
+
+def _by_share(database, ids, memo, exact) -> dict:
+    """Per measured query: its match share, whether it came through an alignment, whether it
+    was served, its cosine to exact; and per bin of SHARE_BINS (the last: verbatim), a summary.
+
+    The share is what the document key's plan gates on (store/documents.py ``best``), so this
+    says where along it reuse starts and what it costs in quality.
+    """
+    from attmemo.ceiling import row_cosines
+
+    found = [database.documents.best(q, min_share=0.0) if database.documents is not None else None for q in ids]
+    share = [0.0 if f is None else f.similarity for f in found]
+    served = [database.executor is not None and database.executor.single(q) is not None for q in ids]
+    cosine = row_cosines(memo, exact)
+    bins = []
+    for low, high in zip(SHARE_BINS, (*SHARE_BINS[1:], None)):
+        members = [i for i, v in enumerate(share) if (v == low if high is None else low <= v < high)]
+        if members:
+            bins.append({"from": low, "below": high, "queries": len(members),
+                         "served": sum(served[i] for i in members),
+                         "aligned": sum(found[i].alignment is not None for i in members),
+                         "cosine_mean": float(np.mean(cosine[members])), "cosine_min": float(np.min(cosine[members]))})
+    return {"share": share, "aligned": [f is not None and f.alignment is not None for f in found],
+            "served": served, "cosine": cosine.tolist(), "bins": bins}
 
 
 def _trial_json(t) -> dict:
@@ -426,8 +461,22 @@ def table(result: dict) -> list[str]:
         lines.append(f"alternative {name.replace('_', ' ')}: answers {alt['hit_rate']:.0%} of queries without the "
                      f"model, cosine mean {alt['cosine']['mean']:.4f}, 1st percentile {alt['cosine']['p1']:.4f}, "
                      f"min {alt['cosine']['min']:.4f}")
+    lines += _share_lines(result.get("by_share"))
     lines.append(f"database: {result['db_bytes'] / 2**20:.0f} MiB ({result['dtype']} attention)")
     return lines + _notes(result) + [f"verdict: {eval_verdict(result)}"]
+
+
+def _share_lines(by_share: dict | None) -> list[str]:
+    """Served share and quality against the match share, one line per bin."""
+    if not by_share or not by_share["bins"]:
+        return []
+    lines = ["by match share (tokens in common with the nearest stored text, position for position or "
+             "through an alignment):"]
+    for b in by_share["bins"]:
+        span = f"{b['from']:.2f}" if b["below"] is None else f"{b['from']:.2f}-{b['below']:.2f}"
+        lines.append(f"  {span:>9}: {b['queries']:3d} queries, {b['served']:3d} served ({b['aligned']} through an "
+                     f"alignment), cosine mean {b['cosine_mean']:.4f}, min {b['cosine_min']:.4f}")
+    return lines
 
 
 def _notes(result: dict) -> list[str]:
@@ -437,6 +486,10 @@ def _notes(result: dict) -> list[str]:
     if result["accuracy"] is not None:
         acc = result["accuracy"]
         notes.append(beats_exact_note("accuracy", acc["memo"], acc["exact"], result["measured_queries"]))
+    aligned = sum(b["aligned"] for b in (result.get("by_share") or {}).get("bins", []))
+    if aligned and result["memo_rate"] > result["ceiling_memo_rate"]:
+        notes.append(f"note: the ceiling searches stored texts of each query's own length only; {aligned} measured "
+                     "queries matched a stored text of another length through an alignment, which it cannot count")
     if lat["ratio"]["memo"] < lat["ratio"]["oracle"]:
         notes.append(f"note: memoized time {lat['ratio']['memo']:.3f} is below the oracle's {lat['ratio']['oracle']:.3f}, "
                      f"which is a bound: timing noise on {lat['timed_queries']} queries")
@@ -480,7 +533,8 @@ def write_png(result: dict, path: Path) -> Path:
 
     layers = list(result["memo_rate_per_layer"])
     x = np.arange(len(layers))
-    fig, (rates, times, tradeoff) = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [2, 1, 1.3]})
+    fig, (rates, times, tradeoff, shares) = plt.subplots(1, 4, figsize=(18, 3.8),
+                                                         gridspec_kw={"width_ratios": [2, 1, 1.3, 1.3]})
     rates.bar(x - 0.2, [result["ceiling_memo_rate_per_layer"][k] for k in layers], 0.4, label="perfect retriever",
               color="#c7c7c7")
     rates.bar(x + 0.2, [result["memo_rate_per_layer"][k] for k in layers], 0.4, label="attmemo", color="#1f77b4")
@@ -505,7 +559,25 @@ def write_png(result: dict, path: Path) -> Path:
     tradeoff.set_ylabel("cosine to exact")
     tradeoff.legend(loc="lower left", fontsize=7)
     tradeoff.set_title("trade-off per threshold (calibration)", fontsize=10)
+    _draw_shares(shares, result.get("by_share"))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _draw_shares(axes, by_share: dict | None) -> None:
+    """Each measured query's cosine to exact against its match share, served or computed exactly."""
+    axes.set_title("quality against the match share (measured)", fontsize=10)
+    axes.set_xlabel("tokens in common with the nearest stored text")
+    axes.set_ylabel("cosine to exact")
+    if not by_share:
+        return
+    share, cosine, served = (np.asarray(by_share[k]) for k in ("share", "cosine", "served"))
+    aligned = np.asarray(by_share["aligned"], bool)
+    for mask, label, style in ((~served, "computed exactly", dict(color="#7f7f7f", marker="x")),
+                               (served & ~aligned, "reused, position for position", dict(color="#1f77b4", marker="o")),
+                               (served & aligned, "reused through an alignment", dict(color="#2ca02c", marker="^"))):
+        if mask.any():
+            axes.scatter(share[mask], cosine[mask], s=14, label=f"{label} ({int(mask.sum())})", **style)
+    axes.legend(loc="lower right", fontsize=7)

@@ -89,8 +89,9 @@ class InferenceSession(ort.InferenceSession):
     attmemo calibrate), run by the database's one executor (store/document_executor.py):
     the document key inside the model for any batch, as in a plain onnxruntime session,
     plus a faster door in ``run`` for one unpadded sequence (a hit runs a fed model that
-    reads the stored attention in place; one fed model per tier of the plan; see
-    attmemo.document_tier), and the per-layer learned-key lookups where the plan has them.
+    reads the stored attention in place; one fed model per tier of the plan, and one aligned
+    fed model per tier for texts found after edits that shift positions when the database
+    has a shift index; see attmemo.document_tier), and the per-layer learned-key lookups where the plan has them.
     With no database, or a plan that serves nothing, the model runs as the exact model (no
     Python op, no If). ``memo_status`` says what happened: "serving <db>: ...", "off: ...",
     "disabled: <reason>" or "no database".
@@ -115,7 +116,7 @@ class InferenceSession(ort.InferenceSession):
         strict = not found if strict is None else strict
         self._memo: MemoDatabase | None = None
         self._documents = None   # the database's document executor, for run's batch-1 fast path
-        self._fed: dict[tuple[int, ...], ort.InferenceSession] = {}   # per set of layers a hit reuses
+        self._fed: dict[document_tier.FedModel, ort.InferenceSession] = {}   # per fed model a hit runs
         database, self.memo_status = _open(db, strict=strict) if db is not None else (None, "no database")
         # Nothing served in the graph (no database, or one with no per-layer lookups and no
         # document key): run the exact model, which costs what the unmodified export costs.
@@ -160,14 +161,12 @@ class InferenceSession(ort.InferenceSession):
 
     def _serve_documents(self, path_or_bytes, database: MemoDatabase, options: ort.SessionOptions, kwargs) -> bool:
         """Create the fed models' sessions of the batch-1 fast path; log if they cannot be."""
-        for layers in database.executor.plan.tiers():
-            fed = rewritten_model_bytes(path_or_bytes,
-                                        lambda model, layers=layers: fed_model(model, layers, database.codec),
-                                        variant=f"fed {layers} {database.manifest.dtype}")
+        for which in document_tier.fed_models(database.executor.plan, aligns=database.documents.aligns):
+            fed = fed_model_bytes(path_or_bytes, which, database)
             if fed is None:
                 return False
             try:
-                self._fed[layers] = ort.InferenceSession(fed, sess_options=options, **kwargs)
+                self._fed[which] = ort.InferenceSession(fed, sess_options=options, **kwargs)
             except Exception as error:  # noqa: BLE001 - an optimisation: the model itself still serves
                 log.warning("could not load the fed model (%s); serving the document key inside the model", error)
                 self._fed.clear()
@@ -180,8 +179,8 @@ class InferenceSession(ort.InferenceSession):
         if self._documents is not None:
             found = document_tier.fast_path(self._documents, input_feed)
             if found is not None:
-                layers, fed = found
-                return self._fed[layers].run(output_names, fed, run_options)
+                which, fed = found
+                return self._fed[which].run(output_names, fed, run_options)
         return super().run(output_names, input_feed, run_options)
 
     def memo_stats(self) -> dict[int, dict]:
@@ -249,9 +248,19 @@ def exact_model(model) -> None:
     rewrite(model)
 
 
-def fed_model(model, layers, codec) -> None:
-    from attmemo.transforms.unfuse import fed_model as rewrite
-    rewrite(model, layers, codec)
+def fed_model_bytes(path_or_bytes, which: document_tier.FedModel, database: MemoDatabase) -> bytes | None:
+    """The fed model ``which`` (its layers, aligned or not) for ``database``'s values, as ``rewritten_model_bytes`` gives it."""
+    codec = database.codec
+
+    def rewrite(model) -> None:
+        if which.aligned:
+            from attmemo.transforms.aligned_feed import aligned_fed_model
+            aligned_fed_model(model, which.layers, codec=codec)
+        else:
+            from attmemo.transforms.unfuse import fed_model
+            fed_model(model, which.layers, codec)
+    kind = "aligned" if which.aligned else "fed"
+    return rewritten_model_bytes(path_or_bytes, rewrite, variant=f"{kind} {which.layers} {database.manifest.dtype}")
 
 
 def private_model(model, model_id: str) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from attmemo.custom_ops import DOMAIN as OPS_DOMAIN
 from attmemo.store import MemoDatabaseError
 
 
@@ -54,14 +55,20 @@ def check_db_folder(db) -> None:
 @contextlib.contextmanager
 def model_errors(path_or_bytes):
     """Turn onnxruntime's parse failure of the model into ModelFileError (one sentence)."""
-    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidProtobuf
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidGraph, InvalidProtobuf
 
+    what = path_or_bytes if isinstance(path_or_bytes, (str, os.PathLike)) else "the model bytes given"
     try:
         yield
+    except InvalidGraph as error:
+        if f'"{OPS_DOMAIN}"' not in str(error):
+            raise
+        # The ops' signatures changed between versions (MemoGate reads the token ids since issue 11).
+        raise ModelFileError(f"{what}: its attmemo nodes do not match this attmemo's ops (written by another "
+                             "version); export it again with attmemo-export or attmemo transform.") from error
     except (InvalidProtobuf, InvalidArgument) as error:
         # InvalidArgument also covers mistakes that are not the model's (such as a bad provider option).
         if isinstance(error, InvalidArgument) and "No graph was found" not in str(error):
             raise
-        what = path_or_bytes if isinstance(path_or_bytes, (str, os.PathLike)) else "the model bytes given"
         raise ModelFileError(f"{what}: not a readable ONNX model (onnxruntime could not parse it); give an .onnx "
                              "file written by an ONNX exporter, attmemo-export or attmemo transform.") from error

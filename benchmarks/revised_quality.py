@@ -35,7 +35,8 @@ def main() -> None:
     from attmemo.evaluation import models
     from attmemo.store import shift_index
     from attmemo.builder.recorder import Recorder, load_tokenizer, unpadded_inputs
-    from attmemo.transforms.aligned_feed import aligned_fed_model, alignment_feeds
+    from attmemo.document_tier import alignment_feeds
+    from attmemo.transforms.aligned_feed import aligned_fed_model
     from attmemo.workloads import make_workload
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -4,7 +4,8 @@
 2. run the recording model (batch 1, unpadded) per text and append, per layer,
    the probabilities to the bucket's value file and the pooled hidden states
    to a scratch feature file (every few texts also an edited copy, for
-   near-duplicate training pairs, see augment.py);
+   near-duplicate training pairs, see augment.py); then the token tables of the
+   document key and its shift index (store/shift_index.py, streamed from the tables);
 3. per layer: pair targets from the stored values, train the key embedding
    (torch), index every row's key (Annoy) (train.py);
 4. write the manifest, then rename the folder into place (a failed build
@@ -46,10 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
-from attmemo.store import augment, keys, manifest as manifest_file, values
+from attmemo.store import augment, keys, manifest as manifest_file, shift_index, values
+from attmemo.store.documents import stored_places
 from attmemo.store.corpus import iter_texts
 from attmemo.store.database import default_db_dir
-from attmemo.store.layout import lengths_file, tokens_file, values_file
+from attmemo.store.layout import lengths_file, shift_dir, tokens_file, values_file
 from attmemo.store.manifest import KeySpec, Manifest, MemoDatabaseError
 
 from .recorder import Recorder, load_tokenizer
@@ -236,7 +238,14 @@ def _record(recorder: Recorder, token_ids, db: Path, scratch: Path, *, texts: Co
             f.close()
     for b, table in tokens.items():
         np.save(_mkparent(db / tokens_file(b)), table, allow_pickle=False)
+    _write_shift_index(db, tokens, texts)
     return heads, hidden_size, np.array(aug_targets, np.float32).reshape(len(aug_targets), len(heads))
+
+
+def _write_shift_index(db: Path, tokens: dict[int, np.ndarray], texts: Corpus) -> None:
+    """The document key's shift index (store/shift_index.py) over every stored text, numbered as the database loads it."""
+    lengths = {b: texts.lengths[texts.bucket_of == b] for b in tokens}
+    shift_index.build((tokens[b][row, :lengths[b][row]] for b, row in stored_places(lengths)), db / shift_dir())
 
 
 def _open(files: dict, key, path: Path):

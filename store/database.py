@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import documents as documents_file, keys, manifest as manifest_file, serving, values
+from . import documents as documents_file, keys, manifest as manifest_file, serving, shift_index, values
 from .document_executor import DocumentExecutor
 from .documents import DocumentIndex
 from .index import KeyIndex
-from .layout import index_file, layer_dir, lengths_file, tokens_file, values_file
+from .layout import index_file, layer_dir, lengths_file, shift_dir, tokens_file, values_file
 from .manifest import Manifest, MemoDatabaseError
 from .policy import HitPolicy
 from .stats import MemoStats
@@ -286,6 +286,7 @@ def files_opened(manifest: Manifest) -> list[str]:
     stored = [b for b, count in sorted(manifest.buckets.items()) if count > 0]
     names = [lengths_file(b) for b in stored]
     names += [tokens_file(b) for b in stored if tokens_file(b) in manifest.files]
+    names += [name for name in _shift_files() if name in manifest.files]
     for layer in sorted(manifest.layers):
         names += [f"{layer_dir(layer)}/{keys.weight_file(w)}" for w in keys.WEIGHTS]
         names += [name for b in stored for name in (index_file(layer, b), values_file(layer, b))]
@@ -315,7 +316,12 @@ def _load_documents(folder: Path, manifest: Manifest, lengths: dict[int, np.ndar
         return None
     tokens = {b: documents_file.load_tokens(folder / tokens_file(b), len(lengths[b]), bucket=b)
               for b in lengths}
-    return DocumentIndex(tokens, lengths)
+    built = all(name in manifest.files for name in _shift_files())
+    return DocumentIndex(tokens, lengths, shift_index.ShiftIndex(folder / shift_dir()) if built else None)
+
+
+def _shift_files() -> list[str]:
+    return [f"{shift_dir()}/{name}" for name in shift_index.FILES]
 
 
 def _load_lengths(path: Path, count: int, *, bucket: int) -> np.ndarray:

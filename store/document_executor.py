@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from .documents import Match
 from .serving import Documents
 
 MATCH_COLUMNS = 3   # bucket, row, true length; then one served flag per layer
@@ -74,9 +75,14 @@ class DocumentExecutor:
             self._count(looked_up, out, time.perf_counter() - start)
         return out
 
-    def single(self, ids_n: np.ndarray) -> tuple[tuple[int, ...], object] | None:
-        """(served layers, the stored match) for one unpadded sequence, None on a miss. Not counted."""
-        found = self.database.documents.nearest(ids_n)
+    def single(self, ids_n: np.ndarray) -> tuple[tuple[int, ...], Match] | None:
+        """(served layers, the stored match) for one unpadded sequence, None on a miss. Not counted.
+
+        The match may come through the shift index, with an alignment (documents.py ``best``);
+        ``feeds`` delivers it through that. Only this batch-1 path aligns: ``match`` (batches,
+        plain sessions) keeps to the position key, whose stored attention the graph takes as it is.
+        """
+        found = self.database.documents.best(ids_n, min_share=self.plan.threshold)
         served = self.plan.served(found.similarity) if found is not None else ()
         return (served, found) if served else None
 
@@ -117,13 +123,17 @@ class DocumentExecutor:
             out[b, :, n:, :] = 0
         return hit_B, out
 
-    def feeds(self, ids_n: np.ndarray, served: tuple[int, ...], found, name) -> dict[str, np.ndarray]:
-        """The fed model's inputs for ``served`` layers: ``name(layer)`` -> [1, H, n, codec.columns(n)] stored attention."""
-        n, codec = len(ids_n), self.database.codec
+    def feeds(self, ids_n: np.ndarray, served: tuple[int, ...], found: Match, name) -> dict[str, np.ndarray]:
+        """The fed model's inputs for ``served`` layers: ``name(layer)`` -> [1, H, m, codec.columns(m)] stored attention.
+
+        m = n for a position match; through an alignment, the stored text's own length (the
+        aligned fed model, transforms.aligned_feed, also reads the alignment's gathers).
+        """
+        m, codec = (len(ids_n) if found.alignment is None else found.stored_length), self.database.codec
         fed = {}
         for layer in served:
-            out = self._buffer(("fed", layer), (1, self.database.heads(layer), n, codec.columns(n)), codec.fed_dtype)
-            fed[name(layer)] = self.database.fed_probs(layer, found.bucket, found.row, n, out)
+            out = self._buffer(("fed", layer), (1, self.database.heads(layer), m, codec.columns(m)), codec.fed_dtype)
+            fed[name(layer)] = self.database.fed_probs(layer, found.bucket, found.row, m, out)
         return fed
 
     def _buffer(self, key, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Where a database folder keeps each file (see manifest.py for the whole table).
 
     lengths/b{b}.npy   tokens/b{b}.npy   L{layer}/b{b}.ann   L{layer}/b{b}.values   L{layer}/<key weights>
+    shift/<shift_index.FILES>   (the document key's shift index, when built)
 
 b is a bucket length, layer a model layer. Every reader and writer names files through
 these functions, so a layout change is one edit.
@@ -27,3 +28,7 @@ def index_file(layer: int, bucket: int) -> str:
 
 def values_file(layer: int, bucket: int) -> str:
     return f"{layer_dir(layer)}/b{bucket}.values"
+
+
+def shift_dir() -> str:
+    return "shift"

@@ -7,6 +7,8 @@ A database folder holds, besides this file (L layer, b bucket length)::
     L{L}/key.w1.npy ...       the layer's key embedding (see keys.py)
     L{L}/b{b}.ann             Annoy index of the layer's keys, item id = row
     L{L}/b{b}.values          raw [count_b, H, b, b] attention probabilities (see values.py)
+    shift/...                 the document key's shift index over every stored text (shift_index.py;
+                              absent in databases built before it: they match position for position)
 
 Every file is listed with its size and sha256. Loading checks the schema (types
 and ranges of every field), that every listed path stays inside the folder,

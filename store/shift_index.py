@@ -45,6 +45,7 @@ from annoy import AnnoyIndex
 from .align import Alignment, align
 from .manifest import MemoDatabaseError
 
+FILES = ("shift.ann", "tokens.i32", "offsets.npy", "shift.json")   # the folder's files, as above
 KEY_DIM = 32
 KEY_TOKENS = 128
 SHINGLE = 3

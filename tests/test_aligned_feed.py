@@ -14,7 +14,9 @@ import onnxruntime as ort
 import pytest
 
 from attmemo.store.align import align
-from attmemo.transforms.aligned_feed import COLUMNS, ROWS, aligned_fed_model, alignment_feeds, remapped_probs
+from attmemo.document_tier import alignment_feeds
+from attmemo.transforms.aligned_feed import aligned_fed_model, remapped_probs
+from attmemo.transforms.names import ALIGNED_COLUMNS as COLUMNS, ALIGNED_ROWS as ROWS
 from attmemo.transforms.unfuse import oracle_model
 
 P_S = np.array([[[.5, .3, .2],

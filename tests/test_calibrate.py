@@ -263,3 +263,41 @@ def _embeddings(model, session, texts) -> np.ndarray:
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir_for(model)))
     feeds = [{k: v.astype(np.int64) for k, v in tokenizer(t, return_tensors="np").items()} for t in texts]
     return np.stack([sentence_embedding(session.run(None, f)[0], f["attention_mask"])[0] for f in feeds])
+
+
+def test_a_choice_within_budget_on_each_half_but_not_on_all_texts_is_refused():
+    from attmemo.calibrate import PerText, Trial, _halves
+
+    cosine = np.ones(100)
+    cosine[[0, 1]] = 0.96                          # one weak text in each half (the halves alternate)
+    trial = Trial({}, {}, {}, None, per_text=PerText(cosine))
+    choose_on, confirm_on = _halves(100)
+    budget = Budget(cosine_mean=0.99, cosine_p1=0.97)
+    assert budget.holds(trial.on(choose_on)) and budget.holds(trial.on(confirm_on))   # each half: p1 0.98
+    assert "not on all 100 texts" in budget.keeps(trial, confirm_on)                  # all: p1 0.96
+    cosine[[0, 1]] = 0.985
+    assert budget.keeps(trial, confirm_on) is None
+
+
+def test_a_choice_failing_the_other_half_is_refused_with_its_numbers():
+    from attmemo.calibrate import PerText, Trial, _halves
+
+    cosine = np.ones(10)
+    cosine[1] = 0.9                                # the half it was not chosen on
+    trial = Trial({}, {}, {}, None, per_text=PerText(cosine))
+    _, confirm_on = _halves(10)
+    refusal = Budget().keeps(trial, confirm_on)
+    assert refusal.startswith("not on the other half (") and "0.9" in refusal
+
+
+def test_the_fastest_choice_pays_only_beyond_its_timing_spread_and_ties_go_to_more_reuse():
+    from attmemo.calibrate import Trial, _fastest
+
+    def timed(ratio, spread, memo_rate):
+        return Trial({}, {0: memo_rate}, {}, None, latency_ratio=ratio, latency_spread=spread)
+
+    looser, stricter = timed(0.721, 0.17, 1.0), timed(0.708, 0.17, 0.71)
+    assert _fastest([looser, stricter], min_gain=0.01) is looser        # 0.013 apart, within the spread: a tie
+    looser, stricter = timed(0.721, 0.001, 1.0), timed(0.708, 0.001, 0.71)
+    assert _fastest([looser, stricter], min_gain=0.01) is stricter      # beyond both the spread and min_gain
+    assert _fastest([timed(0.95, 0.05, 1.0)], min_gain=0.01) is None   # its slow end is off's time

@@ -158,3 +158,36 @@ def test_a_padded_batch_over_a_log_coded_database_serves_what_each_sequence_gets
                  "token_type_ids": np.zeros((1, len(ids)), np.int64)}
         expected = session.run(None, {k: v for k, v in alone.items() if k in names})[0][0]
         np.testing.assert_allclose(out[b, :len(ids)], expected, atol=2e-5)
+
+
+def test_an_edit_that_shifts_positions_reuses_log_codes_through_the_alignment(log_db, tokenizer, tmp_path):
+    """The aligned fed model (store/shift_index.py found the text) decodes the codes as the plain fed model does."""
+    import shutil
+
+    from attmemo.store import serving
+    from attmemo.store.align import align
+    from attmemo.transforms.aligned_feed import remapped_probs
+
+    model, built, dtype = log_db
+    db = shutil.copytree(built, tmp_path / "db")
+    serving.write(db, thresholds={}, documents=serving.Documents(0.8, (0, 1)), measured={})
+    session = attmemo.InferenceSession(str(model), db=db)
+    stored_text = TINY_CORPUS[12]
+    stored = np.asarray(tokenizer(stored_text)["input_ids"], np.int64)
+    query = np.asarray(tokenizer("news " + stored_text)["input_ids"], np.int64)   # every position shifts
+    feed = {"input_ids": query[None], "attention_mask": np.ones((1, len(query)), np.int64),
+            "token_type_ids": np.zeros((1, len(query)), np.int64)}
+    feed = {i.name: feed[i.name] for i in session.get_inputs()}
+    got = session.run(None, feed)[0]
+    assert _hits(session) == [1, 1]
+    database = MemoDatabase.open(db)
+    found = database.documents.best(query, min_share=0.8)
+    assert found.alignment is not None and found.stored_length == len(stored)
+    oracle_ir = ir.load(model)
+    oracle_model(oracle_ir)
+    oracle = ort.InferenceSession(ir.serde.serialize_model(oracle_ir).SerializeToString())
+    explicit = {}
+    for layer in (0, 1):
+        codes = np.asarray(database._layers[layer].buckets[found.bucket].values.stored(found.row, len(stored)))
+        explicit[probs_value(layer)] = remapped_probs(_by_hand(codes, dtype, len(stored)), align(query, stored))[None]
+    np.testing.assert_allclose(got, oracle.run(None, {**feed, **explicit})[0], atol=2e-5)

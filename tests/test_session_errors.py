@@ -54,3 +54,20 @@ def test_a_missing_db_is_only_logged_when_not_strict(tiny_db, tmp_path):
     model, _, _ = tiny_db
     session = attmemo.InferenceSession(str(model), db=tmp_path / "gone.memo", strict=False)
     assert session.memo_status.startswith("disabled:")
+
+
+def test_a_model_written_by_another_attmemo_version(tiny_db, tmp_path):
+    """MemoGate read only the hidden states' shape before it read the token ids (issue 11).
+
+    Without a database such a model still runs (as its exact model); with one it cannot."""
+    import onnx
+
+    model = onnx.load(str(tiny_db[0]))
+    gate = next(node for node in model.graph.node if node.op_type == "MemoGate")
+    del gate.input[1:]
+    path = tmp_path / "old.onnx"
+    onnx.save(model, str(path))
+    attmemo.InferenceSession(str(path))
+    with pytest.raises(attmemo.ModelFileError) as caught:
+        attmemo.InferenceSession(str(path), db=tiny_db[1])
+    assert "written by another version" in _one_sentence(caught.value, path)

@@ -36,10 +36,9 @@ import onnx_ir as ir
 
 from attmemo.store.align import Alignment
 
+from .names import ALIGNED_COLUMNS as COLUMNS, ALIGNED_ROWS as ROWS
 from .unfuse import dense_probs, fed_model, memo_calls
 
-ROWS = "attmemo.aligned.rows"
-COLUMNS = "attmemo.aligned.columns"
 # A row whose surviving columns hold no stored mass (all it attended to was deleted)
 # gets a zero context rather than NaN; Z is a sum of probabilities, so 1e-30 never
 # distorts a real one.
@@ -61,8 +60,8 @@ def aligned_fed_model(model: ir.Model, layers, *, fed_dtype=np.float32, codec=No
     codec: a store's codec (store/values.py), whose inputs the layers then read as stored
     (log codes: uint8 [1, H, m, codec.columns(m)]). Other layers compute exactly. Returns
     the stored-P input names, in layer order; the model also gains the inputs ROWS and
-    COLUMNS (see ``alignment_feeds``). Raises ValueError if a served layer does not
-    multiply P by V in one MatMul.
+    COLUMNS (attmemo.document_tier.alignment_feeds). Raises ValueError if a served layer
+    does not multiply P by V in one MatMul.
     """
     unscaled = _Unscaled(np.dtype(codec.fed_dtype if codec is not None else fed_dtype),
                          getattr(codec, "log", None))
@@ -81,13 +80,6 @@ def aligned_fed_model(model: ir.Model, layers, *, fed_dtype=np.float32, codec=No
         matmul = _matmul_of(probs, name)
         _context_on_stored_positions(model.graph, matmul, rows, columns, prefix=name.replace("stored_probs", "aligned"))
     return names
-
-
-def alignment_feeds(alignment: Alignment) -> dict[str, np.ndarray]:
-    """{ROWS: int64[n] r, COLUMNS: int64[m] b with n where lost}: the inputs ``aligned_fed_model`` adds."""
-    n = len(alignment.stored_of_query)
-    columns = np.where(alignment.query_of_stored >= 0, alignment.query_of_stored, n)
-    return {ROWS: np.ascontiguousarray(alignment.rows, np.int64), COLUMNS: columns.astype(np.int64)}
 
 
 def remapped_probs(stored_Hmm: np.ndarray, alignment: Alignment) -> np.ndarray:

@@ -24,3 +24,8 @@ def probs_value(layer: int) -> str:
 def hidden_value(layer: int) -> str:
     """``layer``'s input hidden states, a recording model's output."""
     return f"attmemo.hidden.{layer}"
+
+
+# The aligned fed model's gather indexes, shared by every served layer (aligned_feed.aligned_fed_model).
+ALIGNED_ROWS = "attmemo.aligned.rows"         # int64[n]: the stored row each query token reads
+ALIGNED_COLUMNS = "attmemo.aligned.columns"   # int64[m]: each stored token's query position, n where lost
