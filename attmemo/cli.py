@@ -115,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
                         "lookups; float32 (4 bytes), then float16 (2 bytes), for the document key of "
                         "attmemo.InferenceSession; log8 (1 byte) and log4 (half a byte) when the stored "
                         "attention must be small, at some hit speed")
+    p.add_argument("--ray", metavar="ADDRESS|local",
+                   help="record the corpus on a Ray cluster (HOST:PORT of its head, or auto) or on Ray started "
+                        "on this machine (local), one onnxruntime session per worker; the same database as "
+                        "without it (needs pip install attmemo[ray])")
+    p.add_argument("--ray-workers", type=int, help="Ray workers to record with (default: one per CPU of the cluster)")
     _add_verbosity(p)
 
     p = sub.add_parser("verify-db", help="check every file of a memo database, value stores included")

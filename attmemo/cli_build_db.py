@@ -22,6 +22,9 @@ def build_db(args) -> int:
     if not 0 < args.threshold <= 1:      # also refuses nan
         raise ValueError(f"--threshold {args.threshold:g} is outside (0, 1]; 0.9 reuses only near-identical "
                          "attention, lower values reuse more.")
+    if args.ray_workers is not None and args.ray is None:
+        raise ValueError("--ray-workers needs --ray ADDRESS|local; without it the build runs in this process.")
+    recording = _ray_recording(args) if args.ray is not None else None
     model = read_onnx(args.model)
     check_memo_metadata(Path(args.model), {p.key: p.value for p in model.metadata_props})
     limit = model_max_tokens(args.model, model)
@@ -32,14 +35,29 @@ def build_db(args) -> int:
     max_length = args.max_length or min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH)
     out = Path(args.out) if args.out else default_db_dir(args.model)
     check_output_folder(out, "--out")
+    where = f", recording on Ray ({args.ray})" if args.ray is not None else ""
     print(f"building the memo database of {args.model} from {args.corpus} into {out} "
-          f"(texts cut to {max_length} tokens) ...", flush=True)
+          f"(texts cut to {max_length} tokens{where}) ...", flush=True)
     report = build_database(args.model, args.corpus, out=out, max_length=max_length, limit=args.limit,
                             threshold=args.threshold, dtype=args.dtype,
-                            progress=build_callback(_bars(), texts=_texts_in(args.corpus, args.limit)))
+                            progress=build_callback(_bars(), texts=_texts_in(args.corpus, args.limit)),
+                            **({"recording": recording} if recording else {}))
     _print_build_report(report, max_length=max_length)
     _print_self_check(args.model, args.corpus, out, max_length=max_length)
     return 0
+
+
+def _ray_recording(args):
+    """The Ray recording --ray asks for (Ray's own info lines only with --verbose)."""
+    import logging
+
+    from attmemo.builder.ray_build import ray_recording
+
+    if args.ray_workers is not None and args.ray_workers < 1:
+        raise ValueError(f"--ray-workers {args.ray_workers} records nothing; give at least 1.")
+    if not getattr(args, "verbose", False):
+        logging.getLogger("ray").setLevel(logging.WARNING)
+    return ray_recording(args.ray, workers=args.ray_workers)
 
 
 def _texts_in(corpus: str, limit: int | None) -> int | None:

@@ -31,7 +31,7 @@ import onnxruntime as ort
 from attmemo import custom_ops, session_errors
 from attmemo.custom_ops import registry
 from attmemo.custom_ops.registry import LAYERS_KEY, MODEL_ID_KEY
-from attmemo import document_tier
+from attmemo import admitting, document_tier
 from attmemo.store import MemoDatabase, MemoDatabaseError, default_db_dir
 from attmemo.store.manifest import FILENAME as MANIFEST
 
@@ -100,14 +100,24 @@ class InferenceSession(ort.InferenceSession):
     document key, intra-op spinning is turned off unless they set it (see
     ``_no_spinning_unless_set``). Only ``run`` takes the fast door;
     ``run_with_ort_values`` and IO binding run the model, whose ops serve the same plan.
+
+    admit=True (with ``db`` a new, empty or existing folder and ``max_db_bytes`` its byte
+    budget): batch-1 texts ``run`` misses are stored as they are computed and served to later
+    runs here and in other processes opening the folder; ``eviction`` ("lru", "lfu" or
+    "random") chooses what goes when the budget is full. See attmemo.admitting.
     """
 
     def __init__(self, path_or_bytes, db: str | os.PathLike | None = None, *, strict: bool | None = None,
-                 sess_options: ort.SessionOptions | None = None, **kwargs):
+                 sess_options: ort.SessionOptions | None = None, admit: bool = False,
+                 max_db_bytes: int | None = None, eviction: str = "lru", **kwargs):
         if isinstance(db, ort.SessionOptions):
             raise TypeError("attmemo.InferenceSession(path, db, ...): the second argument is the memo database "
                             "folder; pass SessionOptions as sess_options=.")
         session_errors.check_model_path(path_or_bytes)
+        self._admitter = None   # admit=True: what runs a batch-1 miss and stores it (attmemo.admitting)
+        if admit:
+            admitting.check_arguments(db, max_db_bytes, eviction)
+            admitting.prepare_folder(db, path_or_bytes, kwargs)
         if db is not None and strict is not False:
             session_errors.check_db_folder(db)
         found = db is None and isinstance(path_or_bytes, (str, os.PathLike)) and default_db_dir(path_or_bytes).is_dir()
@@ -140,6 +150,12 @@ class InferenceSession(ort.InferenceSession):
         self._memo = database
         self.memo_status = self._serve(db, database, path_or_bytes, options, kwargs, layers_off=layers_off,
                                        exact=model is not None)
+        if admit and self._documents is None:   # only misses of the fast door may run the admitting model
+            log.warning("%s: no batch-1 fast door (see the log above), so nothing is admitted", db)
+        elif admit:
+            self._admitter = admitting.admitter(database, path_or_bytes, options, kwargs, max_db_bytes=max_db_bytes,
+                                                eviction=eviction, outputs=[o.name for o in self.get_outputs()])
+            self.memo_status += f"; admitting within {max_db_bytes} bytes" if self._admitter else ""
         log.info("%s (model %s)", self.memo_status, database.model_id)
 
     def _serve(self, db, database: MemoDatabase, path_or_bytes, options, kwargs, *, layers_off: bool,
@@ -181,7 +197,16 @@ class InferenceSession(ort.InferenceSession):
             if found is not None:
                 which, fed = found
                 return self._fed[which].run(output_names, fed, run_options)
+        if self._admitter is not None:
+            admitted = self._admitter.run(output_names, input_feed, run_options)
+            if admitted is not None:
+                return admitted
         return super().run(output_names, input_feed, run_options)
+
+    def memo_flush(self) -> None:
+        """Wait until every text this session admitted is on disk (admission writes in the background)."""
+        if self._admitter is not None:
+            self._admitter.store.flush()
 
     def memo_stats(self) -> dict[int, dict]:
         """{layer: {"lookups", "hits", "fallbacks", "lookup_seconds"}} of this session's database.
@@ -191,7 +216,10 @@ class InferenceSession(ort.InferenceSession):
         A document-key lookup counts in every layer it serves (its time split
         among them); a sequence it missed may be looked up again inside the model.
         """
-        return self._memo.stats.snapshot() if self._memo is not None else {}
+        stats = self._memo.stats.snapshot() if self._memo is not None else {}
+        if self._memo is not None and (admitted := admitting.stats(self._memo)) is not None:
+            stats["admission"] = admitted   # {"admitted", "evicted", "entries", "bytes"}: store/admission.py
+        return stats
 
 
 _SPINNING = "session.intra_op.allow_spinning"
@@ -289,7 +317,7 @@ def _shared(folder: Path) -> MemoDatabase:
     counters nobody updates. A rebuilt or recalibrated folder (a new manifest) is opened anew.
     """
     try:
-        stat = (folder / MANIFEST).stat()
+        stat = admitting.version_file(folder).stat()
         version = (str(folder.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
     except OSError:
         return MemoDatabase.open(folder)   # raises the one-sentence error for a missing database

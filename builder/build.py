@@ -1,11 +1,12 @@
 """build_database: corpus -> database folder (what ``attmemo build-db`` runs).
 
 1. tokenize every text once to learn its length (nothing else is kept);
-2. run the recording model (batch 1, unpadded) per text and append, per layer,
-   the probabilities to the bucket's value file and the pooled hidden states
-   to a scratch feature file (every few texts also an edited copy, for
-   near-duplicate training pairs, see augment.py); then the token tables of the
-   document key and its shift index (store/shift_index.py, streamed from the tables);
+2. run the recording model (batch 1, unpadded) per text, here or on Ray workers
+   (records.py, ray_build.py), and append, in corpus order, per layer, the
+   probabilities to the bucket's value file and the pooled hidden states to a
+   scratch feature file (every few texts also an edited copy, for near-duplicate
+   training pairs, see augment.py); then the token tables of the document key and
+   its shift index (store/shift_index.py, streamed from the tables);
 3. per layer: pair targets from the stored values, train the key embedding
    (torch), index every row's key (Annoy) (train.py);
 4. write the manifest, then rename the folder into place (a failed build
@@ -42,19 +43,21 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
-from attmemo.store import augment, keys, manifest as manifest_file, shift_index, values
+from attmemo.custom_ops.registry import MODEL_ID_KEY
+from attmemo.store import keys, manifest as manifest_file, shift_index, values
 from attmemo.store.documents import stored_places
 from attmemo.store.corpus import iter_texts
 from attmemo.store.database import default_db_dir
 from attmemo.store.layout import lengths_file, shift_dir, tokens_file, values_file
 from attmemo.store.manifest import KeySpec, Manifest, MemoDatabaseError
 
-from .recorder import Recorder, load_tokenizer
+from .recorder import load_tokenizer, read_memo_metadata
+from .records import Recording, RecordSettings, TextRecord, TextToRecord, record_locally
 from .train import Corpus, KeyTraining, TrainingPlan, train_and_index
 
 log = logging.getLogger(__name__)
@@ -100,8 +103,13 @@ def build_database(model_path: str | Path, corpus: str | Path, *, out: str | Pat
                    max_length: int = 512, limit: int | None = None, threshold: float = 0.9,
                    dtype: str = "unorm16", buckets: tuple[int, ...] = DEFAULT_BUCKETS,
                    key_spec: KeySpec = DEFAULT_KEY, training: KeyTraining = KeyTraining(),
-                   progress: Callable[[BuildProgress], None] | None = None) -> BuildReport:
+                   progress: Callable[[BuildProgress], None] | None = None,
+                   recording: Recording = record_locally) -> BuildReport:
     """Build the memo database of the MemoAttention model ``model_path`` from ``corpus``.
+
+    ``recording`` runs the model over the texts (records.py): by default in this
+    process; ``ray_build.ray_recording(...)`` spreads it over a Ray cluster, with the
+    same database as result.
 
     Writes ``out`` (default: ``default_db_dir(model_path)``), replacing any
     database there only once the new one is complete. Raises MemoDatabaseError (a
@@ -126,7 +134,7 @@ def build_database(model_path: str | Path, corpus: str | Path, *, out: str | Pat
         db.mkdir(), scratch.mkdir()
         report = _build(model_path, Path(corpus), db, scratch, out=out, max_length=max_length, limit=limit,
                         threshold=threshold, dtype=dtype, buckets=buckets, key_spec=key_spec, training=training,
-                        progress=progress)
+                        progress=progress, recording=recording)
         _replace_dir(db, out)
         return report
     finally:
@@ -134,11 +142,11 @@ def build_database(model_path: str | Path, corpus: str | Path, *, out: str | Pat
 
 
 def _build(model_path, corpus, db: Path, scratch: Path, *, out, max_length, limit, threshold, dtype, buckets,
-           key_spec, training, progress) -> BuildReport:
+           key_spec, training, progress, recording) -> BuildReport:
     seconds = {}
     start = time.perf_counter()
-    recorder = Recorder(model_path, scratch)
-    tokenizer = load_tokenizer(model_path, recorder.metadata)
+    metadata = read_memo_metadata(model_path)
+    tokenizer = load_tokenizer(model_path, metadata)
 
     def token_ids():
         for text in iter_texts(corpus, limit=limit):
@@ -151,13 +159,14 @@ def _build(model_path, corpus, db: Path, scratch: Path, *, out, max_length, limi
     seconds["tokenize"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    heads, hidden_size, aug_targets = _record(
-        recorder, token_ids(), db, scratch, texts=texts, augmented=set(plan.augmented.tolist()),
-        special_ids=set(tokenizer.all_special_ids), dtype=dtype, key_spec=key_spec, seed=training.seed,
-        progress=progress)
+    augmented = set(plan.augmented.tolist())
+    settings = RecordSettings(dtype=dtype, seed=training.seed, special_ids=frozenset(tokenizer.all_special_ids))
+    to_record = (TextToRecord(i, ids, i in augmented) for i, ids in enumerate(token_ids()))
+    heads, hidden_size, aug_targets = _write_records(
+        recording(model_path, scratch, to_record, settings), db, scratch, texts=texts, augmented=len(augmented),
+        dtype=dtype, key_spec=key_spec, progress=progress)
     seconds["record"] = time.perf_counter() - start
-    model_id = recorder.model_id
-    del recorder  # its session's threads must not compete with training
+    model_id = metadata[MODEL_ID_KEY]
 
     start = time.perf_counter()
     reports = {}
@@ -196,38 +205,43 @@ def _plan_rows(lengths: np.ndarray, buckets: tuple[int, ...], db: Path) -> Corpu
     return Corpus(lengths=lengths, bucket_of=bucket_of, row_of=row_of, counts=counts)
 
 
-def _record(recorder: Recorder, token_ids, db: Path, scratch: Path, *, texts: Corpus, augmented: set[int],
-            special_ids: set[int], dtype, key_spec, seed, progress) -> tuple[dict[int, int], int, np.ndarray]:
-    """Run and append every text; return ({layer: heads}, hidden size, float32[augmented, layers] TV targets)."""
+def _write_records(records: Iterable[TextRecord], db: Path, scratch: Path, *, texts: Corpus, augmented: int, dtype,
+                   key_spec, progress) -> tuple[dict[int, int], int, np.ndarray]:
+    """Append every text's record (in corpus order) to the value, key feature and token files.
+
+    Returns ({layer: heads}, hidden size, float32[augmented, layers] TV targets).
+    """
     codec = values.codec(dtype)
     files: dict[object, object] = {}
     # The document key (documents.py): every stored text's ids, 4 bytes per token in memory.
     tokens = {b: np.zeros((count, b), np.int32) for b, count in texts.counts.items()}
     heads, hidden_size, aug_targets = {}, 0, []
-    total = len(texts.lengths) + len(augmented)
+    total = len(texts.lengths) + augmented
     start, done = time.perf_counter(), 0
     try:
-        for i, ids in enumerate(token_ids):
-            if len(ids) != texts.lengths[i]:
+        for i, record in enumerate(records):
+            if record.index != i:
+                raise MemoDatabaseError(f"the recording returned text {record.index} where text {i} was due; "
+                                        "records must come in corpus order.")
+            n = len(record.ids)
+            if n != texts.lengths[i]:
                 raise MemoDatabaseError("the corpus changed while building (a text's length differs between passes).")
             b = int(texts.bucket_of[i])
-            tokens[b][texts.row_of[i], :len(ids)] = ids
-            records = recorder.run(ids)
-            for layer, (hidden_nD, probs_Hnn) in records.items():
-                heads[layer], hidden_size = probs_Hnn.shape[0], hidden_nD.shape[1]
-                block = encoded = codec.encode(probs_Hnn)
-                if len(ids) < b:
-                    block = np.zeros((probs_Hnn.shape[0], b, codec.columns(b)), codec.storage)
-                    block[:, :len(ids), :codec.columns(len(ids))] = encoded
-                _open(files, (layer, b), db / values_file(layer, b)).write(memoryview(block))
-                _open(files, layer, scratch / f"features.L{layer}").write(keys.pool(hidden_nD, key_spec).tobytes())
+            tokens[b][texts.row_of[i], :n] = record.ids
+            for layer, encoded in record.probs.items():
+                heads[layer] = encoded.shape[0]
+                block = encoded
+                if n < b:
+                    block = np.zeros((encoded.shape[0], b, codec.columns(b)), codec.storage)
+                    block[:, :n, :codec.columns(n)] = encoded
+                _open(files, (layer, b), db / values_file(layer, b)).write(memoryview(np.ascontiguousarray(block)))
+                hidden_size = record.hidden[layer].shape[1]
+                _open(files, layer, scratch / f"features.L{layer}").write(
+                    keys.pool(record.hidden[layer], key_spec).tobytes())
             done += 1
-            if i in augmented:
-                edited = augment.edit_tokens(ids, special_ids=special_ids, rng=np.random.default_rng([seed, i]))
-                edited_records = recorder.run(edited)
-                aug_targets.append([augment.tv_distance(records[layer][1], edited_records[layer][1])
-                                    for layer in sorted(edited_records)])
-                for layer, (hidden_nD, _) in edited_records.items():
+            if record.edited_hidden is not None:
+                aug_targets.append(record.edit_distances)
+                for layer, hidden_nD in record.edited_hidden.items():
                     _open(files, ("aug", layer), scratch / f"augmented.L{layer}").write(
                         keys.pool(hidden_nD, key_spec).tobytes())
                 done += 1

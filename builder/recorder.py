@@ -23,27 +23,21 @@ log = logging.getLogger(__name__)
 
 
 class Recorder:
-    def __init__(self, model_path: Path, scratch: Path):
+    def __init__(self, model_path: Path, scratch: Path, *, threads: int = 0):
+        """Rewrite ``model_path`` into its recording model (saved in ``scratch``) and open it with ``threads``
+        intra-op threads (0: onnxruntime's choice, every core)."""
         import onnx_ir as ir
         import onnxruntime as ort
 
-        from attmemo.transforms.unfuse import recording_model
-
-        try:
-            model = ir.load(model_path)
-        except Exception as error:  # noqa: BLE001 - protobuf raises many types for a bad file
-            raise MemoDatabaseError(f"{model_path}: not a readable ONNX model ({type(error).__name__}).") from error
+        model, self.layers = recording_graph(model_path)
         self.metadata = dict(model.metadata_props)
-        check_memo_metadata(model_path, self.metadata)
         self.model_id = self.metadata[MODEL_ID_KEY]
-        self.layers = recording_model(model)
-        if not self.layers:
-            raise MemoDatabaseError(f"{model_path}: has no MemoAttention layer; rewrite it with attmemo transform.")
         path = scratch / "recording.onnx"
         ir.save(model, path)
         so = ort.SessionOptions()
         so.log_severity_level = 3
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave the cores to training
+        so.intra_op_num_threads = threads
         self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._outputs = [name for layer in self.layers for name in (layer.hidden, layer.probs)]
@@ -57,6 +51,37 @@ class Recorder:
                              "export a plain encoder (input_ids, attention_mask, token_type_ids).")
         outputs = self._session.run(self._outputs, {name: known[name] for name in self._inputs})
         return {layer.layer: (outputs[2 * i][0], outputs[2 * i + 1][0]) for i, layer in enumerate(self.layers)}
+
+
+def recording_graph(model_path: Path):
+    """(onnx_ir model rewritten into its recording model, its recorded layers); one-sentence
+    MemoDatabaseError unless ``model_path`` is a MemoAttention model with at least one layer."""
+    import onnx_ir as ir
+
+    from attmemo.transforms.unfuse import recording_model
+
+    try:
+        model = ir.load(model_path)
+    except Exception as error:  # noqa: BLE001 - protobuf raises many types for a bad file
+        raise MemoDatabaseError(f"{model_path}: not a readable ONNX model ({type(error).__name__}).") from error
+    check_memo_metadata(model_path, dict(model.metadata_props))
+    layers = recording_model(model)
+    if not layers:
+        raise MemoDatabaseError(f"{model_path}: has no MemoAttention layer; rewrite it with attmemo transform.")
+    return model, layers
+
+
+def read_memo_metadata(model_path: Path) -> dict[str, str]:
+    """The metadata of the MemoAttention model ``model_path`` (its graph without external data)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as error:  # noqa: BLE001 - protobuf raises many types for a bad file
+        raise MemoDatabaseError(f"{model_path}: not a readable ONNX model ({type(error).__name__}).") from error
+    metadata = {p.key: p.value for p in model.metadata_props}
+    check_memo_metadata(model_path, metadata)
+    return metadata
 
 
 def check_memo_metadata(model_path: Path, metadata: dict[str, str]) -> None:

@@ -9,7 +9,8 @@ documents (the token-id key asked once per run), stats (counters), serving
 (which layers and keys serve, chosen by attmemo calibrate), document_executor
 (the document key's lookup -> policy -> delivery -> stats), layout (file names),
 database (MemoDatabase); for building: corpus (text sources), augment and pairs
-(training pairs), align and shift_index (reuse under edits). Nothing here imports
+(training pairs), align and shift_index (reuse under edits); admission,
+admitted_index, admitted_entry and admitted_folder (texts admitted from traffic, within a byte budget). Nothing here imports
 onnxruntime, torch or anything of attmemo above it (tests/test_layers.py).
 """
 

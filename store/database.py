@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import documents as documents_file, keys, manifest as manifest_file, serving, shift_index, values
+from . import admitted_folder, documents as documents_file, keys, manifest as manifest_file, serving, shift_index, values
 from .document_executor import DocumentExecutor
-from .documents import DocumentIndex
+from .documents import ADMITTED_BUCKET, DocumentIndex
 from .index import KeyIndex
 from .layout import index_file, layer_dir, lengths_file, shift_dir, tokens_file, values_file
 from .manifest import Manifest, MemoDatabaseError
@@ -94,6 +94,8 @@ class MemoDatabase:
         cheap checks and gives a wrong stored probability, never a crash.
         """
         folder = Path(folder)
+        if not (folder / manifest_file.FILENAME).exists() and admitted_folder.has_segment(folder):
+            return admitted_folder.open_admitted_only(cls, folder)   # texts admitted from traffic, no build
         manifest = manifest_file.load(folder, verify_checksums=verify_checksums)
         where = folder / manifest_file.FILENAME
         if (manifest.key.segments, manifest.key.hidden_pool) != (keys.POOL_SEGMENTS, keys.POOL_HIDDEN):
@@ -115,7 +117,9 @@ class MemoDatabase:
             raise MemoDatabaseError(f"{folder}: cannot be loaded ({type(error).__name__}: {error}); "
                                     "rebuild the database.") from error
         log.info("opened memo database %s: %d layers, %s rows", folder, len(layers), sum(manifest.buckets.values()))
-        return cls(folder, manifest, layers, documents)
+        database = cls(folder, manifest, layers, documents)
+        admitted_folder.attach(database)   # texts admitted from traffic (or to be: see attach)
+        return database
 
     @property
     def model_id(self) -> str:
@@ -164,11 +168,15 @@ class MemoDatabase:
         return values.codec(self.manifest.dtype)
 
     def fed_probs(self, layer: int, bucket: int, row: int, n: int, out_1Hnn: np.ndarray) -> np.ndarray:
-        """[1, H, n, n] stored attention of ``row`` as the fed model reads it (values.ValueFile.fed)."""
+        """[1, H, n, codec.columns(n)] stored attention of ``row`` as the fed model reads it (values.ValueFile.fed)."""
+        if bucket == ADMITTED_BUCKET:
+            return self.documents.admitted.fed(layer, row, n, out_1Hnn)
         return self._layers[layer].buckets[bucket].values.fed(row, n, out_1Hnn)
 
     def probs_float(self, layer: int, bucket: int, row: int, n: int, out_1Hnn: np.ndarray) -> np.ndarray:
         """[1, H, n, n] float32 stored attention of ``row``: in place when stored so, else decoded into ``out_1Hnn``."""
+        if bucket == ADMITTED_BUCKET:
+            return self.documents.admitted.as_float(layer, row, n, out_1Hnn)
         return self._layers[layer].buckets[bucket].values.as_float(row, n, out_1Hnn)
 
     def heads(self, layer: int) -> int | None:

@@ -52,8 +52,15 @@ def stored_places(lengths: dict[int, np.ndarray]) -> list[tuple[int, int]]:
     return [(b, row) for b in sorted(lengths) for row in range(len(lengths[b]))]
 
 
+# A Match's bucket for a text admitted from traffic (store/admission.py; no built bucket is 0 long).
+ADMITTED_BUCKET = 0
+
+
 class DocumentIndex:
     """Stored token ids grouped by true length (a text only ever matches texts of its own length)."""
+
+    # The folder's texts admitted from traffic (admission.AdmittedStore), consulted after the built ones.
+    admitted = None
 
     def __init__(self, tokens: dict[int, np.ndarray], lengths: dict[int, np.ndarray],
                  shifted: ShiftIndex | None = None):
@@ -74,6 +81,14 @@ class DocumentIndex:
 
     def nearest(self, ids_n: np.ndarray) -> Match | None:
         """The stored text of the same length sharing the most positions with ``ids_n``, or None."""
+        found = self._nearest_built(ids_n)
+        if self.admitted is not None and (found is None or found.similarity < 1):
+            admitted = self.admitted.nearest(ids_n)
+            if admitted is not None and (found is None or admitted[1] > found.similarity):
+                return Match(ADMITTED_BUCKET, *admitted)
+        return found
+
+    def _nearest_built(self, ids_n: np.ndarray) -> Match | None:
         group = self._groups.get(len(ids_n))
         if group is None:
             return None

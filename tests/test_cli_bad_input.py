@@ -297,6 +297,14 @@ CASES: list[tuple[str, Callable[[Inputs], list], str]] = [
      lambda f: ["attmemo", "build-db", f.memo(), "--corpus", f.corpus(), "--out", f.under_a_file("out.memo")],
      "is a file"),
     ("build-db: --corpus missing", lambda f: ["attmemo", "build-db", f.memo()], "--corpus"),
+    # attmemo build-db --ray (checked before Ray starts; tests/test_ray_build.py runs it)
+    ("build-db: --ray nobody there", lambda f: build_db(f, "--ray", "127.0.0.1:1"),
+     "no Ray cluster answers at 127.0.0.1:1"),
+    ("build-db: --ray not an address", lambda f: build_db(f, "--ray", "headnode"), "is not a Ray address"),
+    ("build-db: --ray-workers without --ray", lambda f: build_db(f, "--ray-workers", "2"),
+     "--ray-workers needs --ray"),
+    ("build-db: --ray-workers 0", lambda f: build_db(f, "--ray", "local", "--ray-workers", "0"),
+     "--ray-workers 0 records nothing"),
     # attmemo verify-db
     ("verify-db: missing folder", lambda f: ["attmemo", "verify-db", f.tmp / "nowhere.memo"],
      "no such database folder"),

@@ -191,3 +191,13 @@ def test_an_edit_that_shifts_positions_reuses_log_codes_through_the_alignment(lo
         codes = np.asarray(database._layers[layer].buckets[found.bucket].values.stored(found.row, len(stored)))
         explicit[probs_value(layer)] = remapped_probs(_by_hand(codes, dtype, len(stored)), align(query, stored))[None]
     np.testing.assert_allclose(got, oracle.run(None, {**feed, **explicit})[0], atol=2e-5)
+
+
+def test_admitting_into_a_log_coded_database_is_refused_in_one_sentence(log_db, tmp_path):
+    import shutil
+
+    model, built, dtype = log_db
+    db = shutil.copytree(built, tmp_path / "db")
+    with pytest.raises(ValueError, match=f"stores {dtype} attention, which admission cannot write yet; admit into "
+                                         "a database built with --dtype float32, float16 or unorm16"):
+        attmemo.InferenceSession(str(model), db=db, admit=True, max_db_bytes=10**9)

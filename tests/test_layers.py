@@ -83,3 +83,17 @@ def test_names_carried_through_files_and_graphs_are_defined_once():
     for spelling, home in spellings.items():
         found = [p for _, p in MODULES if spelling in p.read_text()]
         assert found == [home], f"{spelling!r} is spelled in {[str(p.relative_to(ROOT)) for p in found]}"
+
+
+RAY_BUILD = ROOT / "builder" / "ray_build.py"
+
+
+def test_ray_is_imported_by_the_ray_build_only_and_lazily():
+    """Ray is an optional extra (pip install attmemo[ray]): only builder/ray_build.py imports it, inside functions."""
+    users = [path for layer, path in MODULES if "ray" in {name.split(".")[0] for name in _imports(path, layer)}]
+    assert users == [RAY_BUILD], f"ray is imported by {[str(p.relative_to(ROOT)) for p in users]}"
+    top_level = ast.parse(RAY_BUILD.read_text()).body
+    eager = [node for node in top_level if isinstance(node, (ast.Import, ast.ImportFrom))
+             and any(name.split(".")[0] == "ray" for name in
+                     ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]))]
+    assert not eager, "builder/ray_build.py imports ray at module level; import it inside the functions that need it"

@@ -155,7 +155,7 @@ def test_readme_use_section_runs_as_written(readme_folder, quick_demo, monkeypat
             assert result.returncode == 0, f"{' '.join(argv)}:\n{result.stderr}"
             ran.append(argv[1] if argv[0] == "attmemo" else argv[0])
     assert ran == ["attmemo-export", "transform", "python", "build-db", "python", "verify-db", "calibrate",
-                   "python", "eval", "eval", "bench"]
+                   "python", "python", "eval", "eval", "bench"]
     # The serving block: one unit-norm embedding per text, and the session's counters.
     embeddings, session = namespace["embeddings"], namespace["session"]
     assert embeddings.shape[0] == len(namespace["texts"])

@@ -11,6 +11,9 @@ exact_model: every MemoAttention call is replaced by its exact branch and the
     attmemo.InferenceSession runs this when calibration switched memoization off.
 fed_model: the oracle's shape for chosen layers, fed stored attention instead:
     what attmemo.InferenceSession runs when the document key hit (store/documents.py).
+admitting_model: the exact model whose chosen layers' P are extra outputs, already in
+    the store's codec: what an admitting attmemo.InferenceSession runs on a miss
+    (store/admission.py), so admission costs one run, not a run plus a recording run.
 """
 
 from __future__ import annotations
@@ -98,6 +101,51 @@ def dense_probs(model: ir.Model, layer: int) -> ir.Value:
         if node.outputs and node.outputs[0].name == wanted:
             return node.outputs[0]
     return next(v for v in model.graph.inputs if v.name == fed_input(layer))
+
+
+def admitting_model(model: ir.Model, layers, codec) -> list[str]:
+    """Rewrite ``model`` in place into the exact model that also outputs ``layers``' P (None: all); return those names.
+
+    Each P [B, H, S, S] leaves the graph as ``codec`` stores it (store/values.py), encoded
+    natively: float32 as is, float16 by a Cast, unorm16 as Cast(Round(P * 65535)), whose
+    rows may sum to 65535 give or take a few units (the build's encoder corrects that in
+    numpy; here it would cost more than the run saves).
+    """
+    names = []
+    for call in memo_calls(model):
+        layer = call.attributes.get_int("layer")
+        prefix = layer_prefix(layer)
+        _, values = _inline_exact(model, call, prefix=prefix)
+        if layers is not None and layer not in layers:
+            continue
+        probs = values[memo_function.EXACT_PROBS]
+        shape = ir.Shape(["batch", None, "sequence", "sequence"])
+        encoded = _encode_probs(model.graph, probs, codec, prefix=prefix, name=probs_value(layer), shape=shape)
+        model.graph.outputs.append(encoded)
+        names.append(encoded.name)
+    RemoveUnusedNodesPass()(model)
+    RemoveUnusedFunctionsPass()(model)
+    return names
+
+
+def _encode_probs(graph: ir.Graph, probs: ir.Value, codec, *, prefix: str, name: str, shape: ir.Shape) -> ir.Value:
+    """A new value ``name``: ``probs`` as ``codec`` stores it (its producer inserted after ``probs``')."""
+    storage = {np.dtype(np.float32): ir.DataType.FLOAT, np.dtype(np.float16): ir.DataType.FLOAT16,
+               np.dtype(np.uint16): ir.DataType.UINT16}[np.dtype(codec.storage)]
+    nodes, value = [], probs
+    if storage == ir.DataType.UINT16:
+        scale = ir.Node("", "Constant", [], [ir.AttrTensor("value", ir.tensor(np.array(65535, np.float32)))],
+                        outputs=[ir.Value(name=prefix + "admit_scale")], name=prefix + "admit_scale")
+        scaled = ir.Node("", "Mul", [value, scale.outputs[0]], outputs=[ir.Value(name=prefix + "admit_scaled")],
+                         name=prefix + "admit_scaled")
+        rounded = ir.Node("", "Round", [scaled.outputs[0]], outputs=[ir.Value(name=prefix + "admit_rounded")],
+                          name=prefix + "admit_rounded")
+        nodes, value = [scale, scaled, rounded], rounded.outputs[0]
+    cast = ir.Node("", "Cast" if storage != ir.DataType.FLOAT else "Identity", [value],
+                   [ir.AttrInt64("to", storage)] if storage != ir.DataType.FLOAT else [],
+                   outputs=[ir.Value(name=name, type=ir.TensorType(storage), shape=shape)], name=prefix + "admit_out")
+    graph.insert_after(probs.producer(), [*nodes, cast])
+    return cast.outputs[0]
 
 
 def _feed_probs(model: ir.Model, *, layers: set[int] | None, name: Callable[[int], str],
