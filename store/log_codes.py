@@ -90,7 +90,7 @@ def unpack(packed_Xc: np.ndarray, n: int) -> np.ndarray:
 def decode(stored_Xc: np.ndarray, out_Xn: np.ndarray, spec: LogCodes) -> None:
     """Write the probabilities ``stored_Xc`` codes into float32 ``out_Xn`` (renormalised rows for log4).
 
-    Costs 0.6 ms (log8) or 1.1 ms (log4) per 12x256x256 block in numpy (a table lookup and,
+    Costs 0.6-1.1 ms per 12x256x256 block in numpy (a table lookup and,
     for log4, an unpack and a row sum): the per-layer Python ops pay it per hit; the fed
     model decodes in the graph instead.
     """

@@ -24,16 +24,16 @@ log8 (a quarter of float32's bytes) and log4 (an eighth): log codes (log_codes.p
     (DequantizeLinear + Exp, log4 unpacked by two bit operations first; fed_decode.py).
     Quality and cost (benchmarks/compact_formats.py: MiniLM, 32 `edited` texts of 256
     tokens, every layer reusing): sentence-embedding cosine to exact, mean / p1, float32
-    0.99620 / 0.97331, log8 0.99619 / 0.97327, log4 0.99608 / 0.97308; a hit costs 0.80 of
-    the unmodified model with float32, 0.81 with log8 (as float16 and unorm16 do, at half
-    their bytes), 0.90 with log4, the oracle 0.77 (2 cores under load; CPU-time ratios
-    agree within 0.015). log4's extra is its unpack (BitwiseAnd, BitShift: ~0.23 ms each
-    per layer) and the row sums. So: float32 while its value stores fit in the memory the
+    0.99620 / 0.97331, log8 0.99619 / 0.97327, log4 0.99608 / 0.97308; a hit costs 0.77 of
+    the unmodified model with float32, 0.81 with log8 (float16 0.80, unorm16 0.81: log8 is as
+    fast at half their bytes), 0.90 with log4, the oracle 0.77 (2 cores, load below 1.5; runs
+    under load gave the same CPU-time ratios within 0.03). log4's extra is its unpack
+    (BitwiseAnd, BitShift: ~0.2 ms each per layer) and the row sums. So: float32 while its value stores fit in the memory the
     page cache can keep (17.9 MiB per 256-token text of MiniLM); log8, then log4, when they
     would not: a page-cache miss costs 4-12 ms per stored matrix (runtime-facts.md), more
     than decoding all six of a log4 hit, and log4 keeps 8x as many texts in memory.
-    The per-layer Python ops decode in numpy per hit (log_codes.decode: 0.6 ms for log8, 1.1 ms
-    for log4 per 12x256x256 block), and the lookup op then re-encodes to unorm16: slower, never wrong.
+    The per-layer Python ops decode in numpy per hit (log_codes.decode: 0.6-1.1 ms per
+    12x256x256 block), and the lookup op then re-encodes to unorm16: slower, never wrong.
 numpy converts IEEE half to float32 at ~2 ns per value (6 ms for one 12x512x512 matrix),
 so nothing on a serving path does that.
 
