@@ -126,6 +126,11 @@ def admitter(database, path_or_bytes, options: ort.SessionOptions, kwargs, *, ma
     if database.documents is not None and database.documents.admitted is None:
         admitted_folder.attach(database)      # opened before this process made its admitted/ folder
     store = database.documents.admitted if database.documents is not None else None
+    if database.codec.log is not None:
+        # The admitting model would have to encode log codes in the graph (unfuse._encode_probs); not yet.
+        raise ValueError(f"admit=True: {database.folder} stores {database.manifest.dtype} attention, which "
+                         "admission cannot write yet; admit into a database built with --dtype float32, "
+                         "float16 or unorm16.")
     if store is None:
         log.warning("%s: its plan serves no document key (attmemo calibrate switched it off, or the build has "
                     "no token tables), so nothing is admitted", database.folder)

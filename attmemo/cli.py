@@ -110,10 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="use only the first N texts")
     p.add_argument("--threshold", type=float, default=0.9,
                    help="hit if 1 - predicted attention distance >= this (default: 0.9)")
-    p.add_argument("--dtype", choices=["unorm16", "float16", "float32"], default="unorm16",
+    p.add_argument("--dtype", choices=["unorm16", "float16", "float32", "log8", "log4"], default="unorm16",
                    help="stored probability format: unorm16 (default, 2 bytes) is fastest for the per-layer "
                         "lookups; float32 (4 bytes), then float16 (2 bytes), for the document key of "
-                        "attmemo.InferenceSession")
+                        "attmemo.InferenceSession; log8 (1 byte) and log4 (half a byte) when the stored "
+                        "attention must be small, at some hit speed")
     p.add_argument("--ray", metavar="ADDRESS|local",
                    help="record the corpus on a Ray cluster (HOST:PORT of its head, or auto) or on Ray started "
                         "on this machine (local), one onnxruntime session per worker; the same database as "

@@ -40,9 +40,9 @@ def add_parsers(sub, add_verbosity) -> None:
     p.add_argument("--workdir", default="attmemo-eval", help="models and databases (default: ./attmemo-eval)")
     p.add_argument("--stored", type=int, help="with --workload: texts in the database (default: 64; templated: 256)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per timed query (default: 7)")
-    p.add_argument("--dtype", choices=["float32", "float16", "unorm16"], default="float32",
+    p.add_argument("--dtype", choices=["float32", "float16", "unorm16", "log8", "log4"], default="float32",
                    help="stored attention format: float32 (default) feeds document-key hits in place with no "
-                        "conversion; float16 and unorm16 take half the disk")
+                        "conversion; float16 and unorm16 take half the disk, log8 a quarter, log4 an eighth")
     add_verbosity(p)
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # The modules whose code decides what a rewrite produces: a change to them is a new key.
-_REWRITERS = ("unfuse.py", "memo_function.py", "names.py")
+# (Paths relative to attmemo/transforms; log codes' levels are constants of the fed model's decode.)
+_REWRITERS = ("unfuse.py", "memo_function.py", "names.py", "aligned_feed.py", "fed_decode.py", "../store/log_codes.py")
 KEEP = 8
 
 

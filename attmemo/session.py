@@ -283,7 +283,7 @@ def fed_model_bytes(path_or_bytes, which: document_tier.FedModel, database: Memo
     def rewrite(model) -> None:
         if which.aligned:
             from attmemo.transforms.aligned_feed import aligned_fed_model
-            aligned_fed_model(model, which.layers, fed_dtype=codec.fed_dtype)
+            aligned_fed_model(model, which.layers, codec=codec)
         else:
             from attmemo.transforms.unfuse import fed_model
             fed_model(model, which.layers, codec)

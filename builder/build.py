@@ -211,7 +211,7 @@ def _write_records(records: Iterable[TextRecord], db: Path, scratch: Path, *, te
 
     Returns ({layer: heads}, hidden size, float32[augmented, layers] TV targets).
     """
-    storage = values.codec(dtype).storage
+    codec = values.codec(dtype)
     files: dict[object, object] = {}
     # The document key (documents.py): every stored text's ids, 4 bytes per token in memory.
     tokens = {b: np.zeros((count, b), np.int32) for b, count in texts.counts.items()}
@@ -232,8 +232,8 @@ def _write_records(records: Iterable[TextRecord], db: Path, scratch: Path, *, te
                 heads[layer] = encoded.shape[0]
                 block = encoded
                 if n < b:
-                    block = np.zeros((encoded.shape[0], b, b), storage)
-                    block[:, :n, :n] = encoded
+                    block = np.zeros((encoded.shape[0], b, codec.columns(b)), codec.storage)
+                    block[:, :n, :codec.columns(n)] = encoded
                 _open(files, (layer, b), db / values_file(layer, b)).write(memoryview(np.ascontiguousarray(block)))
                 hidden_size = record.hidden[layer].shape[1]
                 _open(files, layer, scratch / f"features.L{layer}").write(

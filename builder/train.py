@@ -90,14 +90,9 @@ def train_and_index(layer: int, heads: int, *, db: Path, features_path: Path, au
 
 
 def _far_pairs(plan: TrainingPlan, corpus: Corpus, stores: dict, heads: int, dtype: str, rows: int):
-    decode = values.codec(dtype).decode
-
     def read_rows(position: int, r: np.ndarray) -> np.ndarray:
         text = plan.train_texts[position]
-        n = int(corpus.lengths[text])
-        out = np.empty((heads, len(r), n), np.float32)
-        decode(stores[int(corpus.bucket_of[text])].rows[corpus.row_of[text]][:, r, :n], out)
-        return out
+        return stores[int(corpus.bucket_of[text])].read_rows(corpus.row_of[text], int(corpus.lengths[text]), r)
 
     targets = pair_targets.tv_targets(plan.pairs, lengths=corpus.lengths[plan.train_texts], read_rows=read_rows,
                                       rows=rows)

@@ -168,7 +168,7 @@ class MemoDatabase:
         return values.codec(self.manifest.dtype)
 
     def fed_probs(self, layer: int, bucket: int, row: int, n: int, out_1Hnn: np.ndarray) -> np.ndarray:
-        """[1, H, n, n] stored attention of ``row`` as the fed model reads it (values.ValueFile.fed)."""
+        """[1, H, n, codec.columns(n)] stored attention of ``row`` as the fed model reads it (values.ValueFile.fed)."""
         if bucket == ADMITTED_BUCKET:
             return self.documents.admitted.fed(layer, row, n, out_1Hnn)
         return self._layers[layer].buckets[bucket].values.fed(row, n, out_1Hnn)

@@ -124,15 +124,15 @@ class DocumentExecutor:
         return hit_B, out
 
     def feeds(self, ids_n: np.ndarray, served: tuple[int, ...], found: Match, name) -> dict[str, np.ndarray]:
-        """The fed model's inputs for ``served`` layers: ``name(layer)`` -> [1, H, m, m] stored attention.
+        """The fed model's inputs for ``served`` layers: ``name(layer)`` -> [1, H, m, codec.columns(m)] stored attention.
 
         m = n for a position match; through an alignment, the stored text's own length (the
         aligned fed model, transforms.aligned_feed, also reads the alignment's gathers).
         """
-        m = len(ids_n) if found.alignment is None else found.stored_length
+        m, codec = (len(ids_n) if found.alignment is None else found.stored_length), self.database.codec
         fed = {}
         for layer in served:
-            out = self._buffer(("fed", layer), (1, self.database.heads(layer), m, m), self.database.codec.fed_dtype)
+            out = self._buffer(("fed", layer), (1, self.database.heads(layer), m, codec.columns(m)), codec.fed_dtype)
             fed[name(layer)] = self.database.fed_probs(layer, found.bucket, found.row, m, out)
         return fed
 

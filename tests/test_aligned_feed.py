@@ -118,3 +118,26 @@ def test_a_float16_store_is_cast_natively_and_gives_what_its_values_in_float32_g
     widened = {name: p.astype(np.float32) for name, p in stored.items()}
     np.testing.assert_allclose(half.run(None, {**feeds, **stored})[0], aligned.run(None, {**feeds, **widened})[0],
                                atol=1e-5)
+
+
+def test_a_log4_store_is_decoded_natively_and_gives_what_its_decoded_values_give(sessions, tiny_model, tmp_path):
+    """fed_model hands aligned_feed the decoded dense P; the division by Z renormalises log4's rows."""
+    from attmemo.export.memo_export import export_memo_model
+    from attmemo.store import values
+
+    aligned, _ = sessions
+    export_memo_model(tiny_model("bert")[0], tmp_path / "bert.memo.onnx")
+    model = ir.load(tmp_path / "bert.memo.onnx")
+    codec = values.codec("log4")
+    aligned_fed_model(model, [0, 1], codec=codec)
+    coded = ort.InferenceSession(ir.serde.serialize_model(model).SerializeToString())
+    query = EDITS["phrase replaced by a longer one"]
+    feeds = {**_text_feeds(query), **alignment_feeds(align(query, STORED_IDS))}
+    stored = {f"attmemo.stored_probs.{k}": codec.encode(_stored_probs(k))[None] for k in (0, 1)}
+    decoded = {}
+    for name, codes in stored.items():
+        m = codes.shape[2]
+        decoded[name] = np.empty((1, codes.shape[1], m, m), np.float32)
+        codec.decode(codes[0], decoded[name][0])
+    np.testing.assert_allclose(coded.run(None, {**feeds, **stored})[0], aligned.run(None, {**feeds, **decoded})[0],
+                               atol=1e-5)

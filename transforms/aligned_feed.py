@@ -17,9 +17,10 @@ is never built. Each served layer computes its context on the stored positions i
     RQ_BHnD   = Gather(R, ROWS)                         row i = R[r(i)]
     context   = RQ[..., :d] / max(RQ[..., d], tiny)     the last column is Z_i
 
-so the cost is the oracle's P·V plus gathers of V-sized tensors. A constant scale on
-P_s cancels in the division, so a unorm16 store (round(P * 65535), widened) needs no
-1/65535, and a float16 store is cast natively as in ``fed_model``.
+so the cost is the oracle's P·V plus gathers of V-sized tensors. A scale on P_s that is
+constant per row cancels in the division, so a unorm16 store (round(P * 65535), widened)
+needs no 1/65535, a log4 store (rows relative to their largest entry) no renormalisation,
+and a float16 or log-coded store is decoded natively as in ``fed_model``.
 
 Graph inputs added: ROWS int64[n] (r), COLUMNS int64[m] (b, with n where lost),
 shared by every served layer; each served layer's stored P_s [1, H, m, m] comes in
@@ -36,7 +37,7 @@ import onnx_ir as ir
 from attmemo.store.align import Alignment
 
 from .names import ALIGNED_COLUMNS as COLUMNS, ALIGNED_ROWS as ROWS
-from .unfuse import fed_model
+from .unfuse import dense_probs, fed_model, memo_calls
 
 # A row whose surviving columns hold no stored mass (all it attended to was deleted)
 # gets a zero context rather than NaN; Z is a sum of probabilities, so 1e-30 never
@@ -46,34 +47,37 @@ _TINY = 1e-30
 
 @dataclasses.dataclass(frozen=True)
 class _Unscaled:
-    """What ``fed_model`` needs of a codec: the division by Z cancels any scale on P."""
+    """What ``fed_model`` needs of a codec: the division by Z cancels any per-row scale on P."""
     fed_dtype: np.dtype
+    log: object = None        # store.log_codes.LogCodes of a log-coded store
     fed_scale: None = None
 
 
-def aligned_fed_model(model: ir.Model, layers, *, fed_dtype=np.float32) -> list[str]:
+def aligned_fed_model(model: ir.Model, layers, *, fed_dtype=np.float32, codec=None) -> list[str]:
     """Rewrite ``model`` (a MemoAttention model) in place so ``layers`` reuse stored P through an alignment.
 
-    fed_dtype: float32 or float16, the dtype of the stored P_s inputs [1, H, m, m].
-    Other layers compute exactly. Returns the stored-P input names, in layer order;
-    the model also gains the inputs ROWS and COLUMNS (attmemo.document_tier.alignment_feeds).
-    Raises ValueError if a served layer does not multiply P by V in one MatMul.
+    fed_dtype: float32 or float16, the dtype of the stored P_s inputs [1, H, m, m]; or
+    codec: a store's codec (store/values.py), whose inputs the layers then read as stored
+    (log codes: uint8 [1, H, m, codec.columns(m)]). Other layers compute exactly. Returns
+    the stored-P input names, in layer order; the model also gains the inputs ROWS and
+    COLUMNS (attmemo.document_tier.alignment_feeds). Raises ValueError if a served layer
+    does not multiply P by V in one MatMul.
     """
-    names = fed_model(model, layers, _Unscaled(np.dtype(fed_dtype)))
+    unscaled = _Unscaled(np.dtype(codec.fed_dtype if codec is not None else fed_dtype),
+                         getattr(codec, "log", None))
+    served = [call.attributes.get_int("layer") for call in memo_calls(model)
+              if call.attributes.get_int("layer") in set(layers)]
+    names = fed_model(model, layers, unscaled, renormalise=False)   # in the order of ``served``
     rows = ir.Value(name=ROWS, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(["sequence"]))
     columns = ir.Value(name=COLUMNS, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(["stored"]))
     model.graph.inputs.extend([rows, columns])
     stored_shape = ir.Shape(["batch", None, "stored", "stored"])
-    for name in names:
-        probs = next(v for v in model.graph.inputs if v.name == name)
-        probs.shape = stored_shape   # m, not the query's n
-        if _only_consumer(probs).op_type == "Cast":
-            probs = _only_consumer(probs).outputs[0]
-            probs.shape = stored_shape
-        matmul = _only_consumer(probs)
-        if matmul.op_type != "MatMul" or matmul.inputs[0] is not probs:
-            raise ValueError(f"{name} feeds {matmul.op_type}, not MatMul(P, V): this model's attention cannot "
-                             "be remapped; serve it position for position (fed_model).")
+    for layer, name in zip(served, names):
+        fed = next(v for v in model.graph.inputs if v.name == name)
+        fed.shape = stored_shape if unscaled.log is None else ir.Shape(["batch", None, "stored", None])  # m, not n
+        probs = dense_probs(model, layer)
+        probs.shape = stored_shape
+        matmul = _matmul_of(probs, name)
         _context_on_stored_positions(model.graph, matmul, rows, columns, prefix=name.replace("stored_probs", "aligned"))
     return names
 
@@ -86,11 +90,15 @@ def remapped_probs(stored_Hmm: np.ndarray, alignment: Alignment) -> np.ndarray:
     return (probs / np.maximum(probs.sum(axis=-1, keepdims=True), _TINY)).astype(np.float32)
 
 
-def _only_consumer(value: ir.Value) -> ir.Node:
-    nodes = {use[0] for use in value.uses()}
-    if len(nodes) != 1:
-        raise ValueError(f"{value.name} is read by {len(nodes)} nodes, expected one: not a fed model's layer.")
-    return nodes.pop()
+def _matmul_of(probs: ir.Value, name: str) -> ir.Node:
+    """The one MatMul(P, V) reading the dense ``probs``; ValueError naming the input ``name`` otherwise."""
+    readers = {use[0] for use in probs.uses()}
+    matmuls = [node for node in readers if node.op_type == "MatMul" and node.inputs[0] is probs]
+    if len(matmuls) != 1 or len(readers) != 1:
+        found = ", ".join(sorted(node.op_type for node in readers)) or "nothing"
+        raise ValueError(f"{name} feeds {found}, not one MatMul(P, V): this model's attention cannot "
+                         "be remapped; serve it position for position (fed_model).")
+    return matmuls[0]
 
 
 def _context_on_stored_positions(graph: ir.Graph, matmul: ir.Node, rows: ir.Value, columns: ir.Value, *,

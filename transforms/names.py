@@ -6,6 +6,11 @@ def fed_input(layer: int) -> str:
     return f"attmemo.stored_probs.{layer}"
 
 
+def fed_probs(layer: int) -> str:
+    """The dense float32 P a fed model's ``layer`` multiplies by V, when decoded from its input (unfuse.fed_model)."""
+    return f"{layer_prefix(layer)}fed_probs"
+
+
 def layer_prefix(layer: int) -> str:
     """Prefix of the values and nodes a rewrite copies out of ``layer``'s MemoAttention call."""
     return f"attmemo.L{layer}."

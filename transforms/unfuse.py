@@ -25,8 +25,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass
 
-from . import memo_function
-from .names import fed_input, hidden_value, layer_prefix, probs_value
+from . import fed_decode, memo_function
+from .names import fed_input, fed_probs, hidden_value, layer_prefix, probs_value
 
 
 @dataclasses.dataclass
@@ -73,16 +73,34 @@ def oracle_model(model: ir.Model) -> list[str]:
     return _feed_probs(model, layers=None, name=probs_value, scale=None)
 
 
-def fed_model(model: ir.Model, layers, codec) -> list[str]:
+def fed_model(model: ir.Model, layers, codec, *, renormalise: bool = True) -> list[str]:
     """Rewrite ``model`` in place so ``layers`` read stored P from graph inputs, as ``codec`` stores it.
 
     Other layers compute exactly. ``codec`` (store/values.py): a float16 store feeds
     float16 inputs, cast to float natively; a unorm16 store feeds round(P * 65535)
     widened to float32 by numpy (0.23 ms for 12x256x256, where ORT's uint16 Cast takes
-    0.44 ms), and the 1/65535 is applied to the small P·V result as the lookup branch does.
+    0.44 ms), and the 1/65535 is applied to the small P·V result as the lookup branch does;
+    a log-coded store (log8, log4) feeds its uint8 codes [B, H, n, codec.columns(n)], decoded
+    by the graph (fed_decode.py), and for log4, whose rows decode proportional to P, P·V is
+    divided by the decoded row sums unless ``renormalise`` is False (aligned_feed divides by
+    them itself). Either way the dense float32 P each served layer multiplies by V is the
+    value named ``names.fed_probs(layer)`` (``dense_probs``), or the input itself for float32.
+    Returns the input names, in the order of the model's layers.
     """
-    return _feed_probs(model, layers=set(layers), name=fed_input, scale=codec.fed_scale,
-                       dtype=ir.DataType.FLOAT16 if codec.fed_dtype == np.float16 else ir.DataType.FLOAT)
+    log = getattr(codec, "log", None)
+    dtype = ir.DataType.UINT8 if log is not None else (
+        ir.DataType.FLOAT16 if codec.fed_dtype == np.float16 else ir.DataType.FLOAT)
+    return _feed_probs(model, layers=set(layers), name=fed_input, scale=codec.fed_scale, dtype=dtype,
+                       log=log, renormalise=renormalise and log is not None and log.relative)
+
+
+def dense_probs(model: ir.Model, layer: int) -> ir.Value:
+    """The float32 P a fed model's served ``layer`` multiplies by V (see ``fed_model``)."""
+    wanted = fed_probs(layer)
+    for node in model.graph:
+        if node.outputs and node.outputs[0].name == wanted:
+            return node.outputs[0]
+    return next(v for v in model.graph.inputs if v.name == fed_input(layer))
 
 
 def admitting_model(model: ir.Model, layers, codec) -> list[str]:
@@ -131,7 +149,8 @@ def _encode_probs(graph: ir.Graph, probs: ir.Value, codec, *, prefix: str, name:
 
 
 def _feed_probs(model: ir.Model, *, layers: set[int] | None, name: Callable[[int], str],
-                scale: float | None, dtype: ir.DataType = ir.DataType.FLOAT) -> list[str]:
+                scale: float | None, dtype: ir.DataType = ir.DataType.FLOAT, log=None,
+                renormalise: bool = False) -> list[str]:
     names = []
     for call in memo_calls(model):
         layer = call.attributes.get_int("layer")
@@ -140,16 +159,21 @@ def _feed_probs(model: ir.Model, *, layers: set[int] | None, name: Callable[[int
             _inline_exact(model, call, prefix=prefix)
             continue
         shape = ir.Shape(["batch", None, "sequence", "sequence"])
-        probs = ir.Value(name=name(layer), type=ir.TensorType(dtype), shape=shape)
+        probs = ir.Value(name=name(layer), type=ir.TensorType(dtype),
+                         shape=ir.Shape(["batch", None, "sequence", None]) if log is not None else shape)
         model.graph.inputs.append(probs)
         names.append(probs.name)
-        if dtype != ir.DataType.FLOAT:
+        if log is not None:
+            nodes, probs = fed_decode.decode_nodes(probs, log, prefix=prefix, dense_name=fed_probs(layer),
+                                                   opset=model.opset_imports.get("", 1))
+            model.graph.insert_before(call, nodes)
+        elif dtype != ir.DataType.FLOAT:
             cast = ir.Node("", "Cast", [probs], [ir.AttrInt64("to", ir.DataType.FLOAT)], name=prefix + "fed_cast",
-                           outputs=[ir.Value(name=prefix + "fed_probs", type=ir.TensorType(ir.DataType.FLOAT),
+                           outputs=[ir.Value(name=fed_probs(layer), type=ir.TensorType(ir.DataType.FLOAT),
                                              shape=shape)])
             model.graph.insert_before(call, cast)
             probs = cast.outputs[0]
-        _inline_exact(model, call, prefix=prefix, probs=probs, scale=scale)
+        _inline_exact(model, call, prefix=prefix, probs=probs, scale=scale, renormalise=renormalise)
     RemoveUnusedNodesPass()(model)
     RemoveUnusedFunctionsPass()(model)
     return names
@@ -176,10 +200,12 @@ def _exact_branch(model: ir.Model, call: ir.Node) -> tuple[ir.Function, ir.Graph
 
 
 def _inline_exact(model: ir.Model, call: ir.Node, *, prefix: str, probs: ir.Value | None = None,
-                  scale: float | None = None) -> tuple[list[ir.Node], dict[str, ir.Value]]:
+                  scale: float | None = None, renormalise: bool = False) -> tuple[list[ir.Node], dict[str, ir.Value]]:
     """Replace ``call`` by a copy of its function's exact branch.
 
-    P is replaced by ``probs`` if given; ``scale`` multiplies the context (linear in P).
+    P is replaced by ``probs`` if given; ``scale`` multiplies the context (linear in P);
+    ``renormalise`` divides it by the row sums of ``probs`` (dividing the [B, H, n, d]
+    context is cheaper than dividing P).
     """
     function, branch = _exact_branch(model, call)
     # The "still hitting" chain ends with the calls: hand each layer's input flag on.
@@ -206,6 +232,16 @@ def _inline_exact(model: ir.Model, call: ir.Node, *, prefix: str, probs: ir.Valu
             name=prefix + "scaled_context", type=context.type, shape=context.shape)], name=prefix + "scaled_context")
         copies += [factor, scaled]
         context = scaled.outputs[0]
+    if renormalise:
+        last = ir.Node("", "Constant", [], [ir.AttrTensor("value", ir.tensor(np.array([-1], np.int64)))],
+                       outputs=[ir.Value(name=prefix + "last_axis")], name=prefix + "last_axis")
+        sums = ir.Node("", "ReduceSum", [probs, last.outputs[0]], [ir.AttrInt64("keepdims", 1)],
+                       outputs=[ir.Value(name=prefix + "row_sums")], name=prefix + "row_sums")
+        divided = ir.Node("", "Div", [context, sums.outputs[0]], outputs=[ir.Value(
+            name=prefix + "renormalised_context", type=context.type, shape=context.shape)],
+            name=prefix + "renormalised_context")
+        copies += [last, sums, divided]
+        context = divided.outputs[0]
     model.graph.insert_before(call, copies)
     ir.convenience.replace_all_uses_with(call.outputs[0], context)
     model.graph.remove(call, safe=True)
