@@ -138,3 +138,19 @@ def interleaved(sessions: Mapping[str, ort.InferenceSession], feed: dict[str, np
         ratio={n: float(np.median(np.array(t) / base)) for n, t in times.items()},
         rounds=rounds,
     )
+
+
+def total_seconds(sessions: Mapping[str, ort.InferenceSession], feeds: list[dict[str, np.ndarray]], *,
+                  rounds: int) -> dict[str, float]:
+    """Per session, the total over ``feeds`` of each feed's median seconds over ``rounds`` interleaved rounds.
+
+    Totals, not a median feed: where some feeds hit and others miss, the median says nothing of
+    the time a stream saves.
+    """
+    first = next(iter(sessions))
+    totals = dict.fromkeys(sessions, 0.0)
+    for feed in feeds:
+        timing = interleaved(sessions, feed, baseline=first, rounds=rounds, warmup=1)
+        for name in sessions:
+            totals[name] += timing.median_ms[name] / 1e3
+    return totals

@@ -10,3 +10,8 @@ def sentence_embedding(tokens_BSD: np.ndarray, mask_BS: np.ndarray) -> np.ndarra
     mask = mask_BS[..., None].astype(np.float32)
     pooled = (tokens_BSD * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
     return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+
+def embed(session, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """float32[N, D]: the sentence embeddings of every sequence of ``feeds`` run through ``session``, in order."""
+    return np.concatenate([sentence_embedding(session.run(None, f)[0], f["attention_mask"]) for f in feeds])

@@ -25,6 +25,7 @@ spinning off, timings interleaved A/B in one run:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import shutil
@@ -32,6 +33,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from attmemo.bench import total_seconds
+from attmemo.ceiling import cosine_stats
+from attmemo.embedding import embed
 
 MAX_LENGTH = 256
 
@@ -120,9 +125,9 @@ def admit_and_reuse(paths, folder: Path, stored: list[dict], edited: list[dict],
     for feed in edited:
         admitting.run(None, feed)
     out["edited_reuse"] = (_hits(admitting) - hits_before) / len(edited)
-    totals = _interleaved({"baseline": baseline, "admitting": admitting}, edited, rounds=rounds)
+    totals = total_seconds({"baseline": baseline, "admitting": admitting}, edited, rounds=rounds)
     out["edited_total_ratio"] = totals["admitting"] / totals["baseline"]
-    out["edited_cosine"] = _cosine(_embeddings(admitting, edited), _embeddings(baseline, edited))
+    out["edited_cosine"] = dataclasses.asdict(cosine_stats(embed(admitting, edited), embed(baseline, edited)))
     print(f"edited queries: {json.dumps(out)}", flush=True)
     return out
 
@@ -175,31 +180,10 @@ def _hits(session) -> int:
     return session.memo_stats().get(0, {}).get("hits", 0)
 
 
-def _interleaved(sessions: dict, feeds: list[dict], *, rounds: int) -> dict[str, float]:
-    """Total seconds per session over ``feeds``: each feed's median over ``rounds``, alternating order."""
-    totals = dict.fromkeys(sessions, 0.0)
-    names = list(sessions)
-    for feed in feeds:
-        times = {name: [] for name in names}
-        for r in range(-1, rounds):   # round -1 warms up
-            for name in names[r % 2:] + names[:r % 2]:
-                start = time.perf_counter()
-                sessions[name].run(None, feed)
-                if r >= 0:
-                    times[name].append(time.perf_counter() - start)
-        for name in names:
-            totals[name] += float(np.median(times[name]))
-    return totals
 
 
-def _embeddings(session, feeds) -> np.ndarray:
-    from attmemo.embedding import sentence_embedding
-    return np.concatenate([sentence_embedding(session.run(None, f)[0], f["attention_mask"]) for f in feeds])
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    cos = (a * b).sum(axis=1)
-    return {"mean": float(cos.mean()), "p1": float(np.percentile(cos, 1))}
 
 
 if __name__ == "__main__":

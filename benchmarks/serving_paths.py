@@ -19,6 +19,7 @@ by the unmodified export's total time:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -26,6 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from attmemo.bench import total_seconds
+from attmemo.ceiling import cosine_stats
+from attmemo.embedding import embed
 
 
 def main() -> None:
@@ -84,10 +89,11 @@ def serving(paths, workload: str, workdir: Path, *, rounds: int) -> dict:
     out = {}
     for batch in (1, 8):
         feeds = [_batch(tokenizer, texts[i:i + batch], sessions["baseline"]) for i in range(0, len(texts), batch)]
-        totals = _interleaved(sessions, feeds, rounds=rounds)
-        exact = _embeddings(sessions["baseline"], feeds)
+        totals = total_seconds(sessions, feeds, rounds=rounds)
+        exact = embed(sessions["baseline"], feeds)
         row = {"total_ratio": {k: totals[k] / totals["baseline"] for k in sessions if k != "baseline"},
-               "cosine": {k: _cosine(_embeddings(sessions[k], feeds), exact) for k in sessions if k != "baseline"},
+               "cosine": {k: dataclasses.asdict(cosine_stats(embed(sessions[k], feeds), exact))
+                          for k in sessions if k != "baseline"},
                "baseline_total_ms": 1e3 * totals["baseline"], "batches": len(feeds)}
         print(f"{workload} batch {batch}: {json.dumps(row)}", flush=True)
         out[str(batch)] = row
@@ -104,7 +110,7 @@ def no_database(paths, n: int, *, rounds: int) -> float:
                 "memo": ort.InferenceSession(str(paths["memo"]), attmemo.session_options(
                     sess_options=quiet_session_options()))}
     feed = encoder_feed(sessions["baseline"], batch=1, seq_len=n)
-    totals = _interleaved(sessions, [feed] * 8, rounds=rounds)
+    totals = total_seconds(sessions, [feed] * 8, rounds=rounds)
     ratio = totals["memo"] / totals["baseline"]
     print(f"no database, {n} tokens: plain session {ratio:.3f} of the unmodified model", flush=True)
     return ratio
@@ -124,31 +130,10 @@ def _batch(tokenizer, texts, session) -> dict[str, np.ndarray]:
     return {k: v.astype(np.int64) for k, v in encoded.items() if k in names}
 
 
-def _interleaved(sessions: dict, feeds: list[dict], *, rounds: int) -> dict[str, float]:
-    """Total seconds per session over ``feeds``: each feed's median over ``rounds``, A B C / B C A / ... order."""
-    names = list(sessions)
-    totals = dict.fromkeys(names, 0.0)
-    for feed in feeds:
-        times = {name: [] for name in names}
-        for r in range(-1, rounds):   # round -1 warms up
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                start = time.perf_counter()
-                sessions[name].run(None, feed)
-                if r >= 0:
-                    times[name].append(time.perf_counter() - start)
-        for name in names:
-            totals[name] += float(np.median(times[name]))
-    return totals
 
 
-def _embeddings(session, feeds) -> np.ndarray:
-    from attmemo.embedding import sentence_embedding
-    return np.concatenate([sentence_embedding(session.run(None, f)[0], f["attention_mask"]) for f in feeds])
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    cos = (a * b).sum(axis=1)
-    return {"mean": float(cos.mean()), "p1": float(np.percentile(cos, 1))}
 
 
 if __name__ == "__main__":
