@@ -52,20 +52,14 @@ def fast_path(executor, input_feed: dict) -> tuple[FedModel, dict] | None:
         if found is None:
             return None
         served, match = found
-        which, feeds = hit(executor, input_feed, ids, served, match)
+        feeds = {**input_feed, **executor.feeds(ids, served, match, fed_input)}
+        if match.alignment is not None:
+            feeds.update(alignment_feeds(match.alignment))
     except Exception as error:  # noqa: BLE001 - a lookup failure must cost only the reuse
         executor.database.fall_back(executor.plan.every_layer[0], type(error).__name__,
                                     f"document lookup failed ({error})", sequences=1, error=error)
         return None
     executor.count_single(served, time.perf_counter() - start)
-    return which, feeds
-
-
-def hit(executor, input_feed: dict, ids: np.ndarray, served: tuple[int, ...], match) -> tuple[FedModel, dict]:
-    """(the fed model, its feeds) that reuse ``match`` (documents.Match) in the ``served`` layers for ``ids``."""
-    feeds = {**input_feed, **executor.feeds(ids, served, match, fed_input)}
-    if match.alignment is not None:
-        feeds.update(alignment_feeds(match.alignment))
     return FedModel(served, aligned=match.alignment is not None), feeds
 
 
