@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .ceiling import row_cosines, stats_of
-from .document_tier import FedModel, fed_models
+from .document_tier import FedModel
 from .store.serving import Documents, Plan
 
 log = logging.getLogger(__name__)
@@ -505,13 +505,12 @@ class _Runner:
 
         Each text's time is its median over ``rounds``. Totals, not the median text: when
         some texts hit and others miss, the median text says nothing of the time saved.
-        Off is the exact model; the rest run as ``run`` does, lookups included.
+        Off is the exact model; the rest run as ``run`` does, lookups included. A fed model
+        is made the first time a text needs it, in that text's warm-up round (an aligned one
+        only if some text matches through an alignment).
         """
         configs = [({}, None, None), *((c.thresholds, c.documents, c.documents and self.executor(c.documents))
                                        for c in choices)]
-        for documents in {c.documents for c in choices if c.documents is not None}:
-            for which in fed_models(documents, aligns=self.database.documents.aligns):
-                self.fed_session(which)   # made before timing starts
         totals = np.zeros(len(configs))
         per_round = np.zeros((max(rounds, 1), len(configs)))   # each round's total, per config
         for feed in self.feeds:
