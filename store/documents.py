@@ -42,9 +42,13 @@ class Match:
     row: int
     similarity: float
     # Through the shift index: the token alignment (align.Alignment) of the query with the
-    # stored text, of length ``stored_length``; None: position for position, same length.
+    # stored text; None: position for position, same length.
     alignment: Alignment | None = None
-    stored_length: int | None = None
+
+    @property
+    def stored_length(self) -> int | None:
+        """m, the stored text's true length, for a match through an alignment (None otherwise)."""
+        return None if self.alignment is None else len(self.alignment.query_of_stored)
 
 
 def stored_places(lengths: dict[int, np.ndarray]) -> list[tuple[int, int]]:
@@ -124,7 +128,7 @@ class DocumentIndex:
         if found is None:
             return None
         bucket, row = self._places[found.row]
-        return Match(bucket, row, found.share, found.alignment, len(found.alignment.query_of_stored))
+        return Match(bucket, row, found.share, found.alignment)
 
 
 def load_tokens(path, count: int, *, bucket: int) -> np.ndarray:
